@@ -1,0 +1,48 @@
+"""The `hf-ltg` command: one entry point, one module per sub-command in `hf_ltg/commands/`.
+
+Each command module defines `add_parser(subparsers)`, which registers its parser and sets
+`func` (called with the parsed arguments). Heavy imports happen inside `func`, so
+`hf-ltg --help` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+# Order is the order shown in `hf-ltg --help`.
+COMMAND_MODULES = [
+    "convert",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-ltg",
+        description="Pretrain, fine-tune, generate, evaluate, convert, export and push hf_ltg models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"hf_ltg.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+class CommandError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except (CommandError, FileNotFoundError, ValueError) as error:
+        print(f"hf-ltg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of `hf-ltg`; see `hf_ltg.cli`."""
