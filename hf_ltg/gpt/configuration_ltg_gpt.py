@@ -49,6 +49,8 @@ class LtgGptConfig(PretrainedConfig):
         initializer_range: standard deviation of the normal initialisation.
         tie_word_embeddings: share the LM head with the token embedding.
         use_cache: return the key/value cache by default.
+        bos_token_id, eos_token_id, pad_token_id: special ids, each `None` or inside the
+            vocabulary (the GPT-2 presets use 50256, `<|endoftext|>`, for bos and eos).
     """
 
     model_type = "ltg_gpt"
@@ -72,8 +74,8 @@ class LtgGptConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
-        bos_token_id: int | None = 50256,
-        eos_token_id: int | None = 50256,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         **kwargs,
     ):
@@ -133,4 +135,5 @@ class LtgGptConfig(PretrainedConfig):
         key = PRESET_ALIASES.get(name, name)
         if key not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)} or {sorted(PRESET_ALIASES)}.")
-        return cls(**{**PRESETS[key], **overrides})
+        gpt2_ids = dict(bos_token_id=50256, eos_token_id=50256)
+        return cls(**{**PRESETS[key], **gpt2_ids, **overrides})
