@@ -46,6 +46,8 @@ class LtgGptConfig(PretrainedConfig):
             `hidden_dropout`.
         layer_norm_eps: epsilon of every LayerNorm.
         qkv_bias: whether the fused query/key/value projection has a bias.
+        score_bias: whether the sequence-classification head `score` has a bias (GPT-2's has
+            none; classifiers converted from "GPT from scratch" models do).
         initializer_range: standard deviation of the normal initialisation.
         tie_word_embeddings: share the LM head with the token embedding.
         use_cache: return the key/value cache by default.
@@ -71,6 +73,7 @@ class LtgGptConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         layer_norm_eps: float = 1e-5,
         qkv_bias: bool = True,
+        score_bias: bool = False,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -92,6 +95,7 @@ class LtgGptConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.layer_norm_eps = layer_norm_eps
         self.qkv_bias = qkv_bias
+        self.score_bias = score_bias
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
         self.use_cache = use_cache

@@ -349,7 +349,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.transformer = LtgGptModel(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=config.score_bias)
         self.post_init()
 
     def forward(

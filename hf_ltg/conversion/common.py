@@ -1,0 +1,75 @@
+"""What every converter shares: strict shape-checked loading, tokenizer carry-over, config reading."""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+)
+
+
+def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source_names: dict[str, str] | None = None):
+    """Load `tensors` into `model` strictly, with errors that name the tensor and both shapes.
+
+    `source_names` maps our parameter names back to the names in the user's file, so that a
+    message speaks of the tensor the user knows. Tied parameters may be absent from `tensors`.
+    """
+    source_names = source_names or {}
+    expected = model.state_dict()
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if model.config.tie_word_embeddings else set()
+    for name, tensor in tensors.items():
+        if name not in expected:
+            raise ValueError(
+                f"Tensor {source_names.get(name, name)!r} has no place in {type(model).__name__} "
+                f"(mapped to {name!r}); is the file of the format you named?"
+            )
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(
+                f"Tensor {source_names.get(name, name)!r} has shape {tuple(tensor.shape)} but the config expects "
+                f"{tuple(expected[name].shape)} for {name!r}; the config does not match the weights."
+            )
+    missing = sorted(set(expected) - set(tensors) - tied)
+    if missing:
+        raise ValueError(
+            f"The weights lack {len(missing)} tensor(s) the config needs, e.g. {missing[:5]}; "
+            "the config does not match the weights (number of layers? tied embeddings?)."
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=False)
+    if tied:
+        model.tie_weights()
+    return model
+
+
+def read_json_config(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def copy_tokenizer_files(src_folder: Path, out_folder: Path) -> list[str]:
+    """Copy whichever tokenizer files sit in `src_folder` into `out_folder`."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src_folder / name).is_file():
+            shutil.copy2(src_folder / name, out_folder / name)
+            copied.append(name)
+    return copied
+
+
+def require_keys(config: dict, keys: tuple[str, ...], where) -> None:
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise ValueError(f"{where} lacks the key(s) {missing}; expected {list(keys)}.")
