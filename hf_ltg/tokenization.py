@@ -1,0 +1,179 @@
+"""Tokenizers: train a byte-level BPE (GPT) or WordPiece (LTG-BERT) tokenizer, or load GPT-2's.
+
+Every function returns a `transformers.PreTrainedTokenizerFast` (on transformers 5 the class is
+`TokenizersBackend`), which `save_pretrained` writes as `tokenizer.json` + `tokenizer_config.json`
+that `AutoTokenizer.from_pretrained` loads without any code of ours.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+ENDOFTEXT = "<|endoftext|>"
+WORDPIECE_SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+KINDS = ("bpe", "wordpiece")
+
+
+def train_tokenizer(
+    files: Iterable[str | os.PathLike] | None = None,
+    iterator: Iterable[str] | None = None,
+    vocab_size: int = 8000,
+    special_tokens: list[str] | None = None,
+    kind: str = "bpe",
+    min_frequency: int = 2,
+    model_max_length: int | None = None,
+    lowercase: bool = False,
+):
+    """Train a tokenizer on text `files` or on an `iterator` of strings.
+
+    kind="bpe": byte-level BPE as GPT-2 (no unknown tokens), special tokens `[<|endoftext|>]` by
+    default; that token is bos, eos, unk and pad, as in GPT-2.
+    kind="wordpiece": BERT-style WordPiece with `[UNK] [CLS] [SEP] [PAD] [MASK]` by default and a
+    `[CLS] ... [SEP]` template, for LTG-BERT's masked-language-model pretraining.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if kind not in KINDS:
+        raise ValueError(f"Unknown tokenizer kind {kind!r}; use one of {KINDS}.")
+    texts = _training_texts(files, iterator)
+    if kind == "bpe":
+        special_tokens = list(special_tokens or [ENDOFTEXT])
+        # The byte alphabet (256) and the special tokens are always in the vocabulary.
+        minimum = 256 + len(special_tokens)
+        if vocab_size < minimum:
+            raise ValueError(
+                f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least {minimum} "
+                f"(256 bytes + {len(special_tokens)} special tokens)."
+            )
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    else:
+        special_tokens = list(special_tokens or WORDPIECE_SPECIAL_TOKENS)
+        missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]") if t not in special_tokens]
+        if missing:
+            raise ValueError(f"A WordPiece tokenizer needs the special tokens {missing}; add them to special_tokens.")
+        if vocab_size <= len(special_tokens):
+            raise ValueError(f"vocab_size {vocab_size} must exceed the {len(special_tokens)} special tokens.")
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens, show_progress=False
+        )
+
+    tokenizer.train_from_iterator(texts, trainer)
+    if kind == "wordpiece":
+        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    return _wrap(tokenizer, kind, special_tokens, model_max_length)
+
+
+def _training_texts(files, iterator) -> Iterator[str]:
+    if (files is None) == (iterator is None):
+        raise ValueError("Pass exactly one of `files` (text files) or `iterator` (strings) to train a tokenizer.")
+    if files is not None:
+        paths = [Path(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+        if not paths:
+            raise ValueError("No training files given for the tokenizer.")
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"Tokenizer training file {path} does not exist.")
+        if all(path.stat().st_size == 0 or not path.read_text(encoding="utf-8").strip() for path in paths):
+            raise ValueError(f"The tokenizer training corpus {[str(p) for p in paths]} is empty; give files with text.")
+        return (line for path in paths for line in path.read_text(encoding="utf-8").splitlines(keepends=True))
+    texts = [text for text in iterator if text and text.strip()]
+    if not texts:
+        raise ValueError("The tokenizer training corpus is empty: the iterator gave no non-blank text.")
+    return iter(texts)
+
+
+def _wrap(tokenizer, kind: str, special_tokens: list[str], model_max_length: int | None):
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "bpe":
+        eos = ENDOFTEXT if ENDOFTEXT in special_tokens else special_tokens[0]
+        tokens = dict(bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
+    else:
+        tokens = dict(unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
+    extra = [t for t in special_tokens if t not in tokens.values()]
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **tokens)
+    if extra:
+        wrapped.add_special_tokens({"additional_special_tokens": extra})
+    if model_max_length is not None:
+        wrapped.model_max_length = model_max_length
+    return wrapped
+
+
+def load_gpt2_tokenizer(path: str | os.PathLike, model_max_length: int | None = None):
+    """GPT-2's tokenizer from a `tokenizer.json` file, or a folder with it or `vocab.json` + `merges.txt`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json" and path.name != "vocab.json":
+        tokenizer_json, vocab, merges = path, None, None
+    elif path.is_dir():
+        tokenizer_json, vocab, merges = path / "tokenizer.json", path / "vocab.json", path / "merges.txt"
+    elif path.name == "vocab.json":
+        tokenizer_json, vocab, merges = path.with_name("tokenizer.json"), path, path.with_name("merges.txt")
+    else:
+        raise FileNotFoundError(
+            f"No GPT-2 tokenizer at {path}: give a tokenizer.json file or a folder with tokenizer.json "
+            f"or vocab.json + merges.txt."
+        )
+    if tokenizer_json.is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as error:
+            raise ValueError(f"{tokenizer_json} is not a readable tokenizers file: {error}") from error
+    elif vocab is not None and vocab.is_file() and merges.is_file():
+        try:
+            tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as error:
+            raise ValueError(f"Could not read the BPE files {vocab} and {merges}: {error}") from error
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    else:
+        raise FileNotFoundError(
+            f"No GPT-2 tokenizer files in {path}: expected tokenizer.json, or vocab.json and merges.txt."
+        )
+    if tokenizer.token_to_id(ENDOFTEXT) is None:
+        raise ValueError(f"The tokenizer at {path} has no {ENDOFTEXT} token; it is not a GPT-2 tokenizer.")
+    return _wrap(tokenizer, "bpe", [ENDOFTEXT], model_max_length)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a checkpoint folder (tokenizer_config.json) or GPT-2 tokenizer files."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No tokenizer at {path}: the path does not exist.")
+    if path.is_dir() and (path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    return load_gpt2_tokenizer(path)
+
+
+def check_tokenizer_fits(tokenizer, config) -> None:
+    """Raise if the tokenizer can produce ids the model has no embedding for."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}: "
+            f"ids >= {config.vocab_size} would have no embedding. Use the model's own tokenizer, or resize the "
+            f"model with model.resize_token_embeddings({len(tokenizer)})."
+        )
