@@ -45,8 +45,10 @@ def config_from_gpt2(gpt2: dict, **overrides) -> LtgGptConfig:
         if gpt2.get(key, supported) != supported:
             raise ValueError(f"The GPT-2 config sets {key}={gpt2[key]!r}; hf_ltg supports only {supported!r}.")
     embd = gpt2.get("n_embd", gpt2.get("hidden_size", 768))
+    vocab = gpt2.get("vocab_size", 50257)
+    default_eos = 50256 if vocab == 50257 else None  # GPT-2's <|endoftext|>, only in its own vocabulary
     values = dict(
-        vocab_size=gpt2.get("vocab_size", 50257),
+        vocab_size=vocab,
         max_position_embeddings=gpt2.get("n_positions", gpt2.get("max_position_embeddings", 1024)),
         hidden_size=embd,
         num_hidden_layers=gpt2.get("n_layer", gpt2.get("num_hidden_layers", 12)),
@@ -59,8 +61,8 @@ def config_from_gpt2(gpt2: dict, **overrides) -> LtgGptConfig:
         layer_norm_eps=gpt2.get("layer_norm_epsilon", 1e-5),
         initializer_range=gpt2.get("initializer_range", 0.02),
         tie_word_embeddings=gpt2.get("tie_word_embeddings", True),
-        bos_token_id=gpt2.get("bos_token_id", 50256),
-        eos_token_id=gpt2.get("eos_token_id", 50256),
+        bos_token_id=gpt2.get("bos_token_id", default_eos),
+        eos_token_id=gpt2.get("eos_token_id", default_eos),
         pad_token_id=gpt2.get("pad_token_id"),
     )
     for key in ("id2label", "label2id", "problem_type"):

@@ -403,9 +403,9 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
         if attention_mask is not None and attention_mask.ndim == 2:
             keep = attention_mask[:, -length:].to(hidden_states.device).bool()
             return (positions * keep).argmax(-1)
-        if batch == 1:
-            return torch.full((1,), length - 1, device=hidden_states.device)
         if self.config.pad_token_id is None or input_ids is None:
+            if batch == 1:
+                return torch.full((1,), length - 1, device=hidden_states.device)
             raise ValueError(
                 f"Sequence classification of a batch of {batch} needs to know where each row ends: pass an "
                 "attention_mask, or set config.pad_token_id to the tokenizer's pad id (and pass input_ids)."
