@@ -14,6 +14,17 @@ from .gpt import (
     LtgGptModel,
     LtgGptPreTrainedModel,
 )
+from .ltg_bert import (
+    LtgBertConfig,
+    LtgBertForCausalLM,
+    LtgBertForMaskedLM,
+    LtgBertForMultipleChoice,
+    LtgBertForQuestionAnswering,
+    LtgBertForSequenceClassification,
+    LtgBertForTokenClassification,
+    LtgBertModel,
+    LtgBertPreTrainedModel,
+)
 from .registration import register_all
 
 register_all()
@@ -27,5 +38,14 @@ __all__ = [
     "LtgGptForTokenClassification",
     "LtgGptModel",
     "LtgGptPreTrainedModel",
+    "LtgBertConfig",
+    "LtgBertForCausalLM",
+    "LtgBertForMaskedLM",
+    "LtgBertForMultipleChoice",
+    "LtgBertForQuestionAnswering",
+    "LtgBertForSequenceClassification",
+    "LtgBertForTokenClassification",
+    "LtgBertModel",
+    "LtgBertPreTrainedModel",
     "register_all",
 ]

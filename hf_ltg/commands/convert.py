@@ -6,6 +6,7 @@ from pathlib import Path
 SOURCES = {
     "hf-gpt2": ("convert_from_hf_gpt2", False),
     "from-scratch": ("convert_from_scratch", True),
+    "ltg-bert": ("convert_ltg_bert", True),
 }
 TARGETS = {
     "hf-gpt2": "convert_to_hf_gpt2",
@@ -24,6 +25,9 @@ def add_parser(subparsers):
     direction.add_argument("--to", dest="target_format", choices=sorted(TARGETS),
                            help="write the hf_ltg checkpoint SRC in this stock format")
     parser.add_argument("--config", help="config JSON of SRC (required for from-scratch; optional for hf-gpt2)")
+    parser.add_argument("--layout", choices=("babylm", "bnc"), default="babylm",
+                        help="ltg-bert only: the code that trained SRC, babylm/train (default; also NorBERT3) "
+                             "or the original BNC training/")
     parser.add_argument("src", metavar="SRC", help="source folder or weights file")
     parser.add_argument("out", metavar="OUT", help="output checkpoint folder")
     parser.set_defaults(func=run)
@@ -39,6 +43,8 @@ def run(args) -> int:
         if needs_config and not args.config:
             raise ValueError(f"--from {args.source_format} needs --config CFG.json describing SRC.")
         kwargs = {"config_path": args.config} if args.config or needs_config else {}
+        if args.source_format == "ltg-bert":
+            kwargs["layout"] = args.layout
         out = getattr(conversion, function)(args.src, args.out, **kwargs)
     print(f"wrote {Path(out).resolve()}")
     return 0

@@ -162,7 +162,6 @@ class LtgBertFeedForward(nn.Module):
 
     def __init__(self, config: LtgBertConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx  # the initialisation shrinks deeper layers
         self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
         self.up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.mid_layer_norm = nn.LayerNorm(
@@ -170,6 +169,9 @@ class LtgBertFeedForward(nn.Module):
         )
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Read by `_init_weights`: LTG shrinks the feed-forward weights of deeper layers.
+        for linear in (self.up_proj, self.down_proj):
+            linear.init_scale = math.sqrt(1.0 / (2.0 * (layer_idx + 1)))
 
     def forward(self, hidden_states):
         value, gate = self.up_proj(self.pre_layer_norm(hidden_states)).chunk(2, dim=-1)
@@ -251,7 +253,9 @@ class LtgBertPreTrainedModel(PreTrainedModel):
         feed-forward weights of layer i scaled by sqrt(1 / (2 * (i + 1)))."""
         std = math.sqrt(2.0 / (5.0 * self.config.hidden_size))
         if isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            # A scaled truncated normal is a truncated normal with scaled std and cut-offs.
+            scaled = std * getattr(module, "init_scale", 1.0)
+            init.trunc_normal_(module.weight, mean=0.0, std=scaled, a=-2 * scaled, b=2 * scaled)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -263,12 +267,6 @@ class LtgBertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, LtgBertEmbedding):
             init.trunc_normal_(module.relative_embedding, mean=0.0, std=std, a=-2 * std, b=2 * std)
-        elif isinstance(module, LtgBertFeedForward):
-            # Runs after its Linear children: redraw them from the depth-scaled law (a scaled
-            # truncated normal is a truncated normal with scaled std and cut-offs).
-            scaled = std * math.sqrt(1.0 / (2.0 * (module.layer_idx + 1)))
-            for linear in (module.up_proj, module.down_proj):
-                init.trunc_normal_(linear.weight, mean=0.0, std=scaled, a=-2 * scaled, b=2 * scaled)
 
 
 class LtgBertModel(LtgBertPreTrainedModel):
