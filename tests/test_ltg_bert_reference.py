@@ -281,3 +281,28 @@ def test_converter_carries_the_tokenizer_and_its_special_ids(tmp_path):
     config = LtgBertForMaskedLM.from_pretrained(out).config
     assert (config.pad_token_id, config.unk_token_id, config.cls_token_id, config.sep_token_id,
             config.mask_token_id) == (0, 1, 2, 3, 4)
+
+
+def test_converter_rejects_a_file_of_another_format(tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_ltg.conversion import convert_ltg_bert
+
+    save_file({"transformer.wte.weight": torch.zeros(10, 4), "transformer.h.0.ln_1.weight": torch.ones(4)},
+              tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(original_config(64, 16)))
+    with pytest.raises(ValueError, match="not an original LTG-BERT state dict"):
+        convert_ltg_bert(tmp_path / "model.safetensors", tmp_path / "out", tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("layers, message", [(3, "lacks the tensor 'transformer.layers.2"),
+                                             (1, "does not account for, e.g. \\['transformer.layers.1")])
+def test_converter_rejects_a_config_with_another_number_of_layers(tmp_path, layers, message):
+    from hf_ltg.conversion import convert_ltg_bert
+
+    cfg = original_config(64, 16)
+    torch.save(random_original(cfg, "babylm").state_dict(), tmp_path / "model.bin")
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": layers}))
+    with pytest.raises(ValueError, match=message):
+        convert_ltg_bert(tmp_path / "model.bin", tmp_path / "out", tmp_path / "config.json")
+    assert not (tmp_path / "out").exists()
