@@ -12,6 +12,7 @@ import sys
 # Order is the order shown in `hf-ltg --help`.
 COMMAND_MODULES = [
     "convert",
+    "quantize",
 ]
 
 

@@ -1,0 +1,38 @@
+"""`hf-ltg quantize`: an int8 copy of a checkpoint folder that loads quantized with trust_remote_code."""
+
+from pathlib import Path
+
+
+# Mirrors hf_ltg.quantization.SCHEMES / DEFAULT_THRESHOLD (not imported: `--help` stays light).
+SCHEMES = ("absmax", "zeropoint", "llm-int8")
+DEFAULT_THRESHOLD = 6.0
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "quantize",
+        help="write an int8 (absmax, zeropoint or llm-int8) copy of a checkpoint",
+        description=(
+            "Quantize every linear layer of SRC to int8 per output channel (the LM head only with "
+            "--include-lm-head) and write OUT atomically: int8 weights + scales in safetensors, the scheme "
+            "in config.json, the model code alongside, so from_pretrained(OUT, trust_remote_code=True) "
+            "loads it quantized."
+        ),
+    )
+    parser.add_argument("src", metavar="SRC", help="checkpoint folder (floating point)")
+    parser.add_argument("out", metavar="OUT", help="output checkpoint folder")
+    parser.add_argument("--scheme", choices=SCHEMES, default="absmax", help="quantization scheme (default absmax)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"llm-int8: activation columns with |x| >= this stay in floating point (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--include-lm-head", action="store_true", help="quantize the output head too")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..quantization import checkpoint_size, quantize_checkpoint
+
+    out = quantize_checkpoint(args.src, args.out, args.scheme, args.threshold, args.include_lm_head)
+    before, after = checkpoint_size(args.src), checkpoint_size(out)
+    ratio = f" ({after / before:.2f}x of {before:,} bytes)" if before else ""
+    print(f"wrote {Path(out).resolve()}: {args.scheme}, weights {after:,} bytes{ratio}")
+    return 0

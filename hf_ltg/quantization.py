@@ -1,0 +1,169 @@
+"""Int8 inference: quantize a loaded model or a checkpoint folder, and measure what it costs.
+
+Schemes (per-output-channel weights, per-row activations, int8 x int8 -> int32 products):
+  absmax     symmetric:  scale = max|w| / 127, q = clamp(round(w / scale), -127, 127)
+  zeropoint  asymmetric: scale = (max - min) / 255, zero_point = round(-128 - min / scale),
+             q = clamp(round(w / scale) + zero_point, -128, 127)
+  llm-int8   absmax, but activation columns with a value |x| >= threshold (default 6.0) are
+             multiplied in floating point with the dequantized weight columns (LLM.int8()).
+
+The int8 module and the replacement logic live in the model file (`LtgGptInt8Linear`,
+`quantize_linear_layers_`) so that quantized checkpoints load without hf_ltg; this module holds
+the user-facing entry points and their error checks.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_directory
+from .gpt.modeling_ltg_gpt import (
+    QUANTIZATION_SCHEMES,
+    LtgGptInt8Linear,
+    quantize_absmax,
+    quantize_linear_layers_,
+    quantize_zeropoint,
+)
+
+SCHEMES = QUANTIZATION_SCHEMES
+DEFAULT_THRESHOLD = 6.0
+# Output heads stay in floating point unless include_lm_head=True: the LM head is the largest and
+# most error-sensitive matrix (it is also tied to the token embedding); classifier heads are tiny.
+HEAD_NAMES = ("lm_head", "score", "classifier")
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "SCHEMES",
+    "LtgGptInt8Linear",
+    "checkpoint_size",
+    "dequantize_weight",
+    "is_quantized",
+    "quantize_checkpoint",
+    "quantize_model",
+    "quantize_weight",
+]
+
+
+def check_scheme(scheme: str, threshold: float = DEFAULT_THRESHOLD) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"Unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise ValueError(
+            f"The outlier threshold must be a positive number, got {threshold!r}; the default "
+            f"{DEFAULT_THRESHOLD} is the LLM.int8() paper's value (columns with |x| >= threshold stay in floating point)."
+        )
+
+
+def quantize_weight(weight: torch.Tensor, scheme: str = "absmax"):
+    """(q int8, scale float32 [rows], zero_point int8 [rows] or None) of a [out, in] matrix."""
+    check_scheme(scheme)
+    if scheme == "zeropoint":
+        return quantize_zeropoint(weight)
+    q, scale = quantize_absmax(weight)
+    return q, scale, None
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    q = q.float()
+    if zero_point is not None:
+        q = q - zero_point.float()[:, None]
+    return q * scale.float()[:, None]
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "quantization", None)) or any(
+        isinstance(m, LtgGptInt8Linear) for m in model.modules()
+    )
+
+
+def quantize_model(model, scheme: str = "absmax", threshold: float = DEFAULT_THRESHOLD,
+                   include_lm_head: bool = False):
+    """Quantize every `nn.Linear` of an hf_ltg model in place (the output head only if
+    `include_lm_head`), record it in `model.config.quantization`, and return the model.
+
+    `save_pretrained` then writes int8 weights + scales that `from_pretrained` loads as int8.
+    """
+    check_scheme(scheme, threshold)
+    if is_quantized(model):
+        current = getattr(model.config, "quantization", None) or {}
+        raise ValueError(
+            f"The model is already quantized (scheme {current.get('scheme', 'unknown')!r}); quantize the "
+            "original floating-point checkpoint instead of quantizing twice."
+        )
+    if not hasattr(model, "config") or not hasattr(model, "base_model_prefix"):
+        raise ValueError(f"quantize_model needs an hf_ltg model (a PreTrainedModel), got {type(model).__name__}.")
+    prefix = "" if hasattr(model, model.base_model_prefix) else f"{model.base_model_prefix}."
+    heads = [] if include_lm_head else list(HEAD_NAMES)
+    modules = [
+        f"{prefix}{name}" for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.split(".")[0] not in heads
+    ]
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize.")
+    quantization = {"scheme": scheme, "threshold": float(threshold), "include_lm_head": bool(include_lm_head),
+                    "modules": modules}
+    replaced = quantize_linear_layers_(model, quantization)
+    assert sorted(replaced) == sorted(modules), (replaced, modules)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(output, LtgGptInt8Linear) and getattr(model.config, "tie_word_embeddings", False):
+        # The int8 head is no longer the token embedding: untie, or loading would tie it back.
+        model.config.tie_word_embeddings = False
+        model.all_tied_weights_keys = {}
+    model.config.quantization = quantization
+    return model
+
+
+def _load_float_model(src):
+    from transformers import AutoConfig
+
+    from . import gpt
+
+    config = AutoConfig.from_pretrained(src)
+    if getattr(config, "quantization", None):
+        raise ValueError(
+            f"{src} is already quantized (scheme {config.quantization.get('scheme')!r}); "
+            "quantize the original floating-point checkpoint instead."
+        )
+    classes = {cls.__name__: cls for cls in gpt.AUTO_MODEL_CLASSES.values()}
+    try:
+        from . import ltg_bert
+    except ImportError:
+        pass
+    else:
+        classes.update({cls.__name__: cls for cls in ltg_bert.AUTO_MODEL_CLASSES.values()})
+    architecture = (getattr(config, "architectures", None) or ["LtgGptForCausalLM"])[0]
+    if architecture not in classes:
+        raise ValueError(f"{src} holds a {architecture}, which hf-ltg quantize does not know; use one of {sorted(classes)}.")
+    return classes[architecture].from_pretrained(src, dtype=torch.float32)
+
+
+def quantize_checkpoint(src, out, scheme: str = "absmax", threshold: float = DEFAULT_THRESHOLD,
+                        include_lm_head: bool = False) -> Path:
+    """Write a quantized copy of checkpoint folder `src` to `out` (atomically), with its tokenizer
+    and generation config; it loads quantized with `from_pretrained(out, trust_remote_code=True)`."""
+    check_scheme(scheme, threshold)
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} is not a checkpoint folder (no config.json).")
+    model = _load_float_model(src)
+    quantize_model(model, scheme, threshold, include_lm_head)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        for name in os.listdir(src):  # tokenizer and generation files, unchanged
+            if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "generation_config")):
+                (tmp / name).write_bytes((src / name).read_bytes())
+    return Path(out)
+
+
+def checkpoint_size(folder) -> int:
+    """Bytes of the weight files (safetensors) of a checkpoint folder."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def describe(folder) -> dict:
+    """The recorded quantization of a checkpoint folder (None for a floating-point one)."""
+    return json.loads((Path(folder) / "config.json").read_text()).get("quantization")
