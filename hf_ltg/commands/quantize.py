@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-
 # Mirrors hf_ltg.quantization.SCHEMES / DEFAULT_THRESHOLD (not imported: `--help` stays light).
 SCHEMES = ("absmax", "zeropoint", "llm-int8")
 DEFAULT_THRESHOLD = 6.0
