@@ -33,6 +33,8 @@ DEFAULT_THRESHOLD = 6.0
 # Output heads stay in floating point unless include_lm_head=True: the LM head is the largest and
 # most error-sensitive matrix (it is also tied to the token embedding); classifier heads are tiny.
 HEAD_NAMES = ("lm_head", "score", "classifier")
+# The int8 module lives in the GPT model file; another family needs its own copy to load quantized.
+SUPPORTED_MODEL_TYPES = ("ltg_gpt",)
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -93,8 +95,12 @@ def quantize_model(model, scheme: str = "absmax", threshold: float = DEFAULT_THR
             f"The model is already quantized (scheme {current.get('scheme', 'unknown')!r}); quantize the "
             "original floating-point checkpoint instead of quantizing twice."
         )
-    if not hasattr(model, "config") or not hasattr(model, "base_model_prefix"):
-        raise ValueError(f"quantize_model needs an hf_ltg model (a PreTrainedModel), got {type(model).__name__}.")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"Int8 quantization supports the model types {SUPPORTED_MODEL_TYPES} (hf_ltg's GPT family), got "
+            f"{type(model).__name__} (model_type {model_type!r}); LTG-BERT checkpoints are not supported yet."
+        )
     prefix = "" if hasattr(model, model.base_model_prefix) else f"{model.base_model_prefix}."
     heads = [] if include_lm_head else list(HEAD_NAMES)
     modules = [
@@ -127,13 +133,12 @@ def _load_float_model(src):
             f"{src} is already quantized (scheme {config.quantization.get('scheme')!r}); "
             "quantize the original floating-point checkpoint instead."
         )
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{src} holds a {config.model_type!r} model; int8 quantization supports {SUPPORTED_MODEL_TYPES} "
+            "(hf_ltg's GPT family) only, LTG-BERT is not supported yet."
+        )
     classes = {cls.__name__: cls for cls in gpt.AUTO_MODEL_CLASSES.values()}
-    try:
-        from . import ltg_bert
-    except ImportError:
-        pass
-    else:
-        classes.update({cls.__name__: cls for cls in ltg_bert.AUTO_MODEL_CLASSES.values()})
     architecture = (getattr(config, "architectures", None) or ["LtgGptForCausalLM"])[0]
     if architecture not in classes:
         raise ValueError(f"{src} holds a {architecture}, which hf-ltg quantize does not know; use one of {sorted(classes)}.")

@@ -277,3 +277,12 @@ def test_cli_rejects_unknown_scheme(tmp_path, capsys):
         cli_main(["quantize", str(tmp_path), str(tmp_path / "out"), "--scheme", "int4"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_ltg_bert_is_refused_with_a_clear_error():
+    from hf_ltg.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
+
+    config = LtgBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=32)
+    with pytest.raises(ValueError, match=r"supports the model types \('ltg_gpt',\).*LTG-BERT checkpoints are not supported yet"):
+        quantize_model(LtgBertForMaskedLM(config), "absmax")
