@@ -13,6 +13,9 @@ import sys
 COMMAND_MODULES = [
     "convert",
     "quantize",
+    "export",
+    "doctor",
+    "push",
 ]
 
 

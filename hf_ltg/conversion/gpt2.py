@@ -165,9 +165,15 @@ def convert_to_hf_gpt2(src, out) -> Path:
     """Convert an hf_ltg GPT checkpoint folder into a stock `gpt2` folder (no remote code).
 
     Everything LTG GPT expresses has a GPT-2 equivalent; a model without q/k/v biases gets
-    zero biases, which computes the same function.
+    zero biases, which computes the same function. Causal LMs, sequence classifiers and token
+    classifiers become GPT2LMHeadModel, GPT2ForSequenceClassification, GPT2ForTokenClassification.
     """
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        GPT2ForTokenClassification,
+        GPT2LMHeadModel,
+    )
 
     src = Path(src)
     if not src.is_dir():
@@ -183,10 +189,14 @@ def convert_to_hf_gpt2(src, out) -> Path:
     config = LtgGptConfig.from_pretrained(src)
     ours = load_state_dict(src)
     is_classifier = "score.weight" in ours
+    is_tagger = "classifier.weight" in ours
     if is_classifier and config.score_bias:
         raise ValueError("The classifier's `score` layer has a bias; GPT-2's `score` has none, so it cannot be expressed.")
-    if not is_classifier and "transformer.wte.weight" not in ours:
-        raise ValueError(f"{src} is not a causal-LM or sequence-classification checkpoint of LTG GPT.")
+    if "transformer.wte.weight" not in ours:
+        raise ValueError(
+            f"{src} is not a causal-LM, sequence- or token-classification checkpoint of LTG GPT "
+            "(a bare LtgGptModel has no `transformer.` prefix); save one of those heads."
+        )
 
     gpt2_config = GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.max_position_embeddings, n_embd=config.hidden_size,
@@ -212,6 +222,10 @@ def convert_to_hf_gpt2(src, out) -> Path:
     if is_classifier:
         model = GPT2ForSequenceClassification(gpt2_config)
         gpt2["score.weight"] = ours["score.weight"]
+    elif is_tagger:
+        gpt2_config.classifier_dropout = config.classifier_dropout
+        model = GPT2ForTokenClassification(gpt2_config)
+        gpt2["classifier.weight"], gpt2["classifier.bias"] = ours["classifier.weight"], ours["classifier.bias"]
     else:
         model = GPT2LMHeadModel(gpt2_config)
         if not config.tie_word_embeddings:
@@ -221,8 +235,9 @@ def convert_to_hf_gpt2(src, out) -> Path:
 
 
 def _save(model, out, tokenizer_folder: Path) -> Path:
-    model.generation_config.bos_token_id = model.config.bos_token_id
-    model.generation_config.eos_token_id = model.config.eos_token_id
+    if model.can_generate():  # classifiers have no generation config
+        model.generation_config.bos_token_id = model.config.bos_token_id
+        model.generation_config.eos_token_id = model.config.eos_token_id
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer_files(tokenizer_folder, tmp)

@@ -1,0 +1,44 @@
+"""`hf-ltg export`: a Hub-ready folder (weights, code, tokenizer, model card) from a checkpoint."""
+
+from pathlib import Path
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="write a complete Hub-ready folder with a model card (or --native: stock GPT-2)",
+        description="Write OUT, a self-contained Hub-ready folder: safetensors weights (sharded above "
+        "--max-shard-size), config with the full auto_map, code, tokenizer, generation config and a model card. "
+        "SRC is an hf_ltg checkpoint, a Trainer output folder (its final model, else its latest checkpoint-N) or "
+        "a peft adapter folder (with --merge). With --native, OUT is a stock gpt2 checkpoint needing no remote code.",
+    )
+    parser.add_argument("src", metavar="SRC", help="checkpoint, Trainer output or peft adapter folder")
+    parser.add_argument("out", metavar="OUT", help="output folder (written atomically)")
+    parser.add_argument("--native", action="store_true",
+                        help="write stock GPT-2 classes (LTG GPT checkpoints only): no trust_remote_code needed")
+    parser.add_argument("--merge", action="store_true", help="merge a peft adapter SRC into its base model")
+    parser.add_argument("--max-shard-size", default="2GB",
+                        help="largest safetensors file before the weights are sharded with an index (default 2GB)")
+    parser.add_argument("--tokenizer", help="folder to take the tokenizer from when SRC has none")
+    parser.add_argument("--name", help="model name in the card (default: the name of OUT)")
+    parser.add_argument("--license", help="license id for the card metadata, e.g. apache-2.0")
+    parser.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from")
+    parser.add_argument("--dataset", action="append", default=[], dest="datasets",
+                        help="Hub id of a training dataset (repeatable)")
+    parser.add_argument("--language", action="append", default=[], help="language code (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..hub import export_checkpoint, export_native
+
+    common = dict(tokenizer=args.tokenizer, license=args.license, base_model=args.base_model,
+                  datasets=args.datasets, language=args.language, name=args.name, merge=args.merge)
+    if args.native:
+        out = export_native(args.src, args.out, **common)
+    else:
+        out = export_checkpoint(args.src, args.out, max_shard_size=args.max_shard_size, **common)
+    out = Path(out).resolve()
+    print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f"check it with: hf-ltg doctor {out}")
+    return 0

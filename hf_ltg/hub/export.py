@@ -1,0 +1,241 @@
+"""`export_checkpoint`: a complete Hub-ready folder from any hf_ltg checkpoint, Trainer output or
+peft adapter; `export_native`: a stock `gpt2` folder (no remote code) from an LTG GPT checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ..checkpoint import atomic_directory
+from ..conversion.common import TOKENIZER_FILES, copy_tokenizer_files
+from .model_card import CardInfo, render_model_card
+from .sources import Source, read_training_record, resolve_source
+
+DEFAULT_MAX_SHARD_SIZE = "2GB"
+FIGURES = ("training_curves.png",)
+
+# peft task types -> the Auto class whose head the adapter was trained with
+PEFT_TASKS = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+
+
+def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+                      tokenizer=None, license: str | None = None, base_model: str | None = None,
+                      datasets: list[str] | tuple = (), language: list[str] | tuple = (),
+                      name: str | None = None) -> Path:
+    """Write `out`: safetensors weights (sharded above `max_shard_size`, with an index), config with
+    the family's full auto_map, code, tokenizer, generation config and a model card.
+
+    `src` is an hf_ltg checkpoint, a Trainer output folder (final model, else latest checkpoint-N)
+    or a peft adapter folder (needs `merge=True`). `tokenizer` is a folder to take the tokenizer
+    from when the source has none. Returns `out`.
+    """
+    source = resolve_source(src)
+    model = _load_model(source, merge)
+    tokenizer_dir = _tokenizer_folder(source, tokenizer)
+    family_map = _family_auto_map(model.config)
+    model.config.auto_map = dict(family_map)
+    training = read_training_record(source.search_dirs, causal_lm=type(model).__name__.endswith("ForCausalLM"))
+    base_model = base_model or _adapter_base(source)
+    out = Path(out)
+
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        _set_full_auto_map(tmp, family_map)
+        copy_tokenizer_files(tokenizer_dir, tmp)
+        if not (tmp / "generation_config.json").is_file() and "AutoModelForCausalLM" in family_map:
+            _write_generation_config(model.config, tmp)
+        figure = _copy_figure(source.search_dirs, tmp)
+        info = CardInfo(
+            name=name or out.resolve().name, architecture=type(model).__name__,
+            num_parameters=_count_parameters(model), tokenizer_size=_tokenizer_size(tmp), remote_code=True,
+            license=license, base_model=base_model, datasets=list(datasets), language=list(language),
+            source_note=_describe(source, Path(src)), figure=figure,
+        )
+        (tmp / "README.md").write_text(render_model_card(model.config, info, training))
+    return out
+
+
+def export_native(src, out, *, tokenizer=None, license: str | None = None, base_model: str | None = None,
+                  datasets: list[str] | tuple = (), language: list[str] | tuple = (), name: str | None = None,
+                  merge: bool = False) -> Path:
+    """Write `out` as a stock `gpt2` checkpoint (GPT2LMHeadModel / GPT2ForSequenceClassification /
+    GPT2ForTokenClassification) that loads without remote code, with tokenizer and model card.
+
+    Refused, naming the reason, for anything stock GPT-2 cannot express (other families,
+    quantized weights, a classifier bias GPT-2's `score` lacks)."""
+    from transformers import AutoConfig
+
+    from ..conversion import convert_to_hf_gpt2
+
+    source = resolve_source(src)
+    with tempfile.TemporaryDirectory(prefix="hf-ltg-native-") as work:
+        model_dir = source.model_dir
+        if source.adapter is not None:
+            if not merge:
+                _require_merge(source)
+            model_dir = Path(work) / "merged"
+            export_checkpoint(src, model_dir, merge=True, tokenizer=tokenizer)
+        tokenizer_dir = _tokenizer_folder(source, tokenizer)
+        out = Path(out)
+        with atomic_directory(out) as tmp:
+            convert_to_hf_gpt2(model_dir, tmp)  # replaces tmp with the converted folder
+            copy_tokenizer_files(tokenizer_dir, tmp)
+            config = AutoConfig.from_pretrained(tmp)
+            architecture = config.architectures[0]
+            training = read_training_record(source.search_dirs, causal_lm=architecture.endswith("LMHeadModel"))
+            _copy_figure(source.search_dirs, tmp)
+            info = CardInfo(
+                name=name or out.resolve().name, architecture=architecture,
+                num_parameters=_count_safetensors(tmp), tokenizer_size=_tokenizer_size(tmp), remote_code=False,
+                license=license, base_model=base_model or _adapter_base(source), datasets=list(datasets),
+                language=list(language), source_note=_describe(source, Path(src)) + ", converted to stock GPT-2",
+                figure="training_curves.png" if (tmp / "training_curves.png").is_file() else None,
+            )
+            (tmp / "README.md").write_text(render_model_card(config, info, training))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_model(source: Source, merge: bool):
+    from transformers import AutoConfig
+
+    from .. import registration
+
+    registration.register_all()
+    if source.adapter is None:
+        config = AutoConfig.from_pretrained(source.model_dir)
+        model_class = _model_class(config)
+        return model_class.from_pretrained(source.model_dir)
+    if not merge:
+        _require_merge(source)
+    from peft import PeftModel
+
+    base_dir = source.search_dirs[-1]
+    config_dir = source.model_dir if (source.model_dir / "config.json").is_file() else base_dir
+    config = AutoConfig.from_pretrained(config_dir)
+    auto_name = PEFT_TASKS.get(source.adapter.get("task_type") or "")
+    model_class = _model_class(config, auto_name)
+    base = model_class.from_pretrained(base_dir, config=config)
+    merged = PeftModel.from_pretrained(base, source.model_dir).merge_and_unload()
+    merged.config.name_or_path = str(base_dir)
+    return merged
+
+
+def _require_merge(source: Source):
+    raise ValueError(
+        f"{source.model_dir} is a peft adapter (on {source.adapter.get('base_model_name_or_path')!r}); the Hub folder "
+        "must hold full weights: pass --merge to merge the adapter into its base model."
+    )
+
+
+def _model_class(config, auto_name: str | None = None):
+    """The hf_ltg class for `config`: the head of `auto_name`, else the saved architecture."""
+    from ..registration import _families
+
+    for config_class, classes, _ in _families():
+        if config_class.model_type != config.model_type:
+            continue
+        if auto_name:
+            return classes[auto_name]
+        by_name = {cls.__name__: cls for cls in classes.values()}
+        for architecture in config.architectures or []:
+            if architecture in by_name:
+                return by_name[architecture]
+        return classes["AutoModel"]
+    raise ValueError(
+        f"The checkpoint's model_type is {config.model_type!r}; hf-ltg export packages hf_ltg models "
+        f"({', '.join(c.model_type for c, _, _ in _families())}). Convert it first (hf-ltg convert --from ...)."
+    )
+
+
+def _family_auto_map(config) -> dict:
+    """The family's complete auto_map (its config module's AUTO_MAP, which is also the default)."""
+    module = sys.modules[type(config).__module__]
+    family_map = getattr(module, "AUTO_MAP", None) or type(config)().auto_map
+    return dict(family_map)
+
+
+def _set_full_auto_map(folder: Path, family_map: dict) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("auto_map") != family_map:
+        config["auto_map"] = family_map
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _tokenizer_folder(source: Source, tokenizer) -> Path:
+    candidates = [Path(tokenizer)] if tokenizer else source.search_dirs
+    for folder in candidates:
+        if any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")):
+            return folder
+    where = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"No tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) in {where}; a Hub folder needs its tokenizer: "
+        "pass --tokenizer FOLDER (a folder written by tokenizer.save_pretrained)."
+    )
+
+
+def _write_generation_config(config, folder: Path) -> None:
+    from transformers import GenerationConfig
+
+    GenerationConfig(bos_token_id=getattr(config, "bos_token_id", None),
+                     eos_token_id=getattr(config, "eos_token_id", None),
+                     pad_token_id=getattr(config, "pad_token_id", None)).save_pretrained(folder)
+
+
+def _copy_figure(dirs: list[Path], folder: Path) -> str | None:
+    for directory in dirs:
+        for name in FIGURES:
+            if (directory / name).is_file():
+                shutil.copy2(directory / name, folder / name)
+                return name
+    return None
+
+
+def _adapter_base(source: Source) -> str | None:
+    if source.adapter is None:
+        return None
+    base = source.adapter.get("base_model_name_or_path")
+    # Only a Hub id is valid metadata; a local path is described in the text instead.
+    return base if base and not os.path.isabs(base) and not Path(base).exists() and base.count("/") == 1 else None
+
+
+def _describe(source: Source, src: Path) -> str:
+    return f"`{src.name}` ({source.note})" if source.note else f"`{src.name}`"
+
+
+def _count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _count_safetensors(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def _tokenizer_size(folder: Path) -> int | None:
+    try:
+        from transformers import AutoTokenizer
+
+        return len(AutoTokenizer.from_pretrained(folder))
+    except Exception:  # noqa: BLE001 - the doctor reports tokenizer problems; the card just omits the size
+        return None

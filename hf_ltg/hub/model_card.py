@@ -1,0 +1,231 @@
+"""The model card (`README.md`) of an exported folder: YAML metadata for the Hub, then the
+architecture, the training figures, how to use it and the remote-code security note."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from .sources import TrainingRecord
+
+# Head class suffix -> (Hub pipeline tag, Auto class); the base model serves feature extraction.
+HEADS = [
+    ("ForCausalLM", "text-generation", "AutoModelForCausalLM"),
+    ("LMHeadModel", "text-generation", "AutoModelForCausalLM"),  # GPT2LMHeadModel
+    ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
+    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification"),
+    ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification"),
+    ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering"),
+    ("ForMultipleChoice", None, "AutoModelForMultipleChoice"),
+    ("Model", "feature-extraction", "AutoModel"),
+]
+
+FAMILY_NAMES = {
+    "ltg_gpt": "LTG GPT, a GPT-2 style decoder",
+    "ltg_bert": "LTG-BERT, the Language Technology Group's masked language model",
+    "gpt2": "GPT-2 (stock transformers classes, no remote code)",
+}
+
+# The sizes shown in the architecture table, under their transformers names.
+SIZE_FIELDS = [
+    ("hidden_size", "hidden size"),
+    ("num_hidden_layers", "layers"),
+    ("num_attention_heads", "attention heads"),
+    ("intermediate_size", "feed-forward size"),
+    ("vocab_size", "vocabulary"),
+    ("max_position_embeddings", "positions"),
+    ("n_embd", "hidden size"),
+    ("n_layer", "layers"),
+    ("n_head", "attention heads"),
+    ("n_inner", "feed-forward size"),
+    ("n_positions", "positions"),
+]
+
+
+@dataclass
+class CardInfo:
+    """Everything the card says besides the config and the training record."""
+
+    name: str
+    architecture: str  # the saved head class, e.g. LtgGptForCausalLM
+    num_parameters: int
+    tokenizer_size: int | None = None
+    remote_code: bool = True
+    license: str | None = None
+    base_model: str | None = None
+    datasets: list[str] = field(default_factory=list)
+    language: list[str] = field(default_factory=list)
+    source_note: str = ""
+    figure: str | None = None  # a training-curve image in the folder
+
+
+def head_of(architecture: str) -> tuple[str | None, str]:
+    """(pipeline tag, Auto class) of a model class name."""
+    for suffix, tag, auto in HEADS:
+        if architecture.endswith(suffix):
+            return tag, auto
+    return None, "AutoModel"
+
+
+def render_model_card(config, info: CardInfo, training: TrainingRecord) -> str:
+    tag, auto = head_of(info.architecture)
+    metadata = {"library_name": "transformers"}
+    if tag:
+        metadata["pipeline_tag"] = tag
+    tags = ["hf_ltg", config.model_type]
+    if info.remote_code:
+        tags.append("custom_code")
+    metadata["tags"] = tags
+    if info.license:
+        metadata["license"] = info.license
+    if info.language:
+        metadata["language"] = info.language
+    if info.base_model:
+        metadata["base_model"] = info.base_model
+    if info.datasets:
+        metadata["datasets"] = info.datasets
+    front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).strip()
+
+    sections = [
+        f"---\n{front}\n---",
+        f"# {info.name}",
+        _summary(config, info, tag),
+        _architecture(config, info),
+        _training(training, info),
+        _usage(config, info, tag, auto),
+    ]
+    if info.remote_code:
+        sections.append(_security_note(config))
+    sections.append("This folder was written by `hf-ltg export` and checked by `hf-ltg doctor`.")
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _summary(config, info: CardInfo, tag: str | None) -> str:
+    family = FAMILY_NAMES.get(config.model_type, config.model_type)
+    lines = [f"A `{info.architecture}` ({family}) with {format_count(info.num_parameters)} parameters"
+             + (f", for {tag}." if tag else ".")]
+    if info.base_model:
+        lines.append(f"Fine-tuned from `{info.base_model}`.")
+    if info.datasets:
+        lines.append("Trained on " + ", ".join(f"`{d}`" for d in info.datasets) + ".")
+    if info.source_note:
+        lines.append(f"Exported from {info.source_note}.")
+    return " ".join(lines)
+
+
+def _architecture(config, info: CardInfo) -> str:
+    rows = [("model type", f"`{config.model_type}`"), ("class", f"`{info.architecture}`"),
+            ("parameters", f"{info.num_parameters:,} ({format_count(info.num_parameters)})")]
+    shown = set()
+    for name, label in SIZE_FIELDS:
+        value = getattr(config, name, None)
+        if value is not None and label not in shown:
+            rows.append((label, f"{value:,}" if isinstance(value, int) else str(value)))
+            shown.add(label)
+    for name in ("activation", "activation_function", "hidden_act"):
+        if getattr(config, name, None):
+            rows.append(("activation", f"`{getattr(config, name)}`"))
+            break
+    if getattr(config, "tie_word_embeddings", None) is not None:
+        rows.append(("tied input/output embeddings", "yes" if config.tie_word_embeddings else "no"))
+    if info.tokenizer_size is not None:
+        rows.append(("tokenizer size", f"{info.tokenizer_size:,}"))
+    labels = getattr(config, "id2label", None) or {}
+    if labels and not info.architecture.endswith(("ForCausalLM", "ForMaskedLM", "Model")):
+        rows.append(("labels", ", ".join(f"{k}: `{v}`" for k, v in sorted(labels.items(), key=lambda kv: int(kv[0])))))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"## Architecture\n\n| | |\n|---|---|\n{table}"
+
+
+def _training(record: TrainingRecord, info: CardInfo) -> str:
+    if record.empty:
+        return "## Training\n\nNo training record (trainer_state.json) was found next to the checkpoint."
+    rows = []
+    if record.global_step is not None:
+        steps = f"{record.global_step:,}"
+        if record.max_steps and record.max_steps != record.global_step:
+            steps += f" of {record.max_steps:,} planned"
+        rows.append(("optimizer steps", steps))
+    if record.epoch is not None:
+        rows.append(("epochs", f"{record.epoch:.2f}"))
+    if record.tokens_seen:
+        rows.append(("tokens seen", f"{int(record.tokens_seen):,}"))
+    if record.runtime_s is not None:
+        rows.append(("training time", f"{record.runtime_s:.0f} s"))
+    for label, value in (("final training loss", record.train_loss), ("final validation loss", record.eval_loss),
+                         ("validation perplexity", record.eval_perplexity),
+                         ("validation accuracy", record.eval_accuracy), ("validation macro F1", record.eval_macro_f1)):
+        if value is not None:
+            rows.append((label, f"{value:.4f}"))
+    text = "## Training\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    evaluations = record.evaluations[-10:]
+    if len(evaluations) > 1:
+        columns = [c for c in ("step", "eval_loss", "eval_perplexity", "eval_accuracy", "eval_macro_f1")
+                   if any(c in row for row in evaluations)]
+        header = "| " + " | ".join(c.replace("eval_", "validation ") for c in columns) + " |"
+        lines = [header, "|" + "---|" * len(columns)]
+        for row in evaluations:
+            lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        text += "\n\nValidation during training (last evaluations):\n\n" + "\n".join(lines)
+    if info.figure:
+        text += f"\n\n![training curves]({info.figure})"
+    return text
+
+
+def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
+    trust = ", trust_remote_code=True" if info.remote_code else ""
+    repo = f"USER/{info.name}"
+    examples = {
+        "text-generation": ('generator = pipeline("text-generation", model=repo{t})\n'
+                            'print(generator("Once upon a time", max_new_tokens=40)[0]["generated_text"])'),
+        "fill-mask": ('unmasker = pipeline("fill-mask", model=repo{t})\n'
+                      'print(unmasker(f"The capital of Norway is {{unmasker.tokenizer.mask_token}}."))'),
+        "text-classification": 'classifier = pipeline("text-classification", model=repo{t})\nprint(classifier("A sentence to classify."))',
+        "token-classification": 'tagger = pipeline("token-classification", model=repo{t})\nprint(tagger("A sentence to tag."))',
+        "question-answering": ('qa = pipeline("question-answering", model=repo{t})\n'
+                               'print(qa(question="Where?", context="The cat sat on the mat."))'),
+        "feature-extraction": 'extractor = pipeline("feature-extraction", model=repo{t})\nfeatures = extractor("A sentence.")',
+    }
+    lines = [f"from transformers import {auto}, AutoTokenizer" + (", pipeline" if tag else ""), "",
+             f'repo = "{repo}"  # or the path of this folder',
+             f"tokenizer = AutoTokenizer.from_pretrained(repo{trust})",
+             f"model = {auto}.from_pretrained(repo{trust})"]
+    if tag:
+        lines += ["", examples[tag].format(t=trust)]
+    text = "## Usage\n\n```python\n" + "\n".join(lines) + "\n```"
+    if info.remote_code:
+        heads = ", ".join(f"`{k}`" for k in sorted(getattr(config, "auto_map", {}) or {}) if k != "AutoConfig")
+        text += (f"\n\nThe folder carries its own code, so `hf_ltg` need not be installed; every Auto class of its "
+                 f"`auto_map` loads it ({heads}). A new head starts from random weights: fine-tune it first.")
+    else:
+        text += "\n\nThis is a stock transformers model: it needs no remote code and no `hf_ltg`."
+    return text
+
+
+def _security_note(config) -> str:
+    files = sorted({ref.split(".")[0] + ".py" for ref in (getattr(config, "auto_map", {}) or {}).values()
+                    if isinstance(ref, str)})
+    return (
+        "## Security: remote code\n\n"
+        f"`trust_remote_code=True` runs the Python files of this repository ({', '.join(f'`{f}`' for f in files)}) "
+        "on your machine with your permissions. They import only `torch` and `transformers`; read them before "
+        "you run them, and pin the commit you reviewed with `revision=\"<commit sha>\"` in every "
+        "`from_pretrained` call, so that a later push cannot change the code you run. The weights are "
+        "safetensors (no pickles)."
+    )
+
+
+def format_count(count: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
