@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from hub_utils import save_tiny_gpt
+from hub_utils import save_tiny_gpt, save_tiny_ltg_bert
 
 from hf_ltg.cli import main
 from hf_ltg.hub import diagnose, export_checkpoint
@@ -73,6 +73,22 @@ def test_doctor_passes_a_classifier_converted_from_hugging_face_gpt2(tmp_path):
     assert report.ok, report.format()
     assert statuses(report)["pipeline text-classification"] == "PASS"
     assert "LtgGptForSequenceClassification" in details(report, "AutoModelForSequenceClassification loads and runs")
+
+
+@pytest.mark.slow
+def test_doctor_passes_an_exported_ltg_bert_through_all_seven_auto_classes(tmp_path):
+    save_tiny_ltg_bert(tmp_path / "bert")
+    export_checkpoint(tmp_path / "bert", tmp_path / "exported")
+
+    report = diagnose(tmp_path / "exported")
+
+    assert report.ok, report.format()
+    passed = {c.name for c in report.checks if c.status == "PASS"}
+    for auto in ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
+                 "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice"):
+        assert f"{auto} loads and runs" in passed
+    assert {"pipeline fill-mask", "pipeline text-classification", "pipeline feature-extraction"} <= passed
+    assert "forward on (1, 2, " in details(report, "AutoModelForMultipleChoice loads and runs")
 
 
 def test_doctor_names_the_missing_auto_map_entry(exported, tmp_path):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import yaml
-from hub_utils import sample_ids, save_tiny_gpt, tiny_gpt
+from hub_utils import sample_ids, save_tiny_gpt, save_tiny_ltg_bert, tiny_gpt
 
 from hf_ltg import LtgGptForCausalLM, LtgGptForSequenceClassification
 from hf_ltg.checkpoint import load_state_dict
@@ -86,14 +86,20 @@ def test_model_card_has_metadata_architecture_usage_and_the_remote_code_note(tmp
 def test_pipeline_tag_follows_the_head_class(tmp_path, tiny_tokenizer):
     save_tiny_gpt(tmp_path / "cls", tiny_tokenizer, head="sequence-classification")
     save_tiny_gpt(tmp_path / "tok", tiny_tokenizer, head="token-classification")
+    save_tiny_ltg_bert(tmp_path / "bert")
 
     export_checkpoint(tmp_path / "cls", tmp_path / "cls-out")
     export_checkpoint(tmp_path / "tok", tmp_path / "tok-out")
+    export_checkpoint(tmp_path / "bert", tmp_path / "bert-out")
 
     cls_meta, cls_text = card_metadata(tmp_path / "cls-out")
     tok_meta, _ = card_metadata(tmp_path / "tok-out")
+    bert_meta, bert_text = card_metadata(tmp_path / "bert-out")
     assert cls_meta["pipeline_tag"] == "text-classification"
     assert tok_meta["pipeline_tag"] == "token-classification"
+    assert bert_meta["pipeline_tag"] == "fill-mask" and bert_meta["tags"] == ["hf_ltg", "ltg_bert", "custom_code"]
+    assert 'pipeline("fill-mask", model=repo, trust_remote_code=True)' in bert_text
+    assert "`AutoModelForMultipleChoice`" in bert_text
     assert "0: `negative`, 1: `positive`" in cls_text
 
 

@@ -39,7 +39,6 @@ PIPELINE_OF = {
     "AutoModelForMaskedLM": "fill-mask",
     "AutoModelForSequenceClassification": "text-classification",
     "AutoModelForTokenClassification": "token-classification",
-    "AutoModelForQuestionAnswering": "question-answering",
 }
 ISOLATED_TIMEOUT_S = 600
 

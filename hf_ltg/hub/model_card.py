@@ -183,16 +183,19 @@ def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
                       'print(unmasker(f"The capital of Norway is {{unmasker.tokenizer.mask_token}}."))'),
         "text-classification": 'classifier = pipeline("text-classification", model=repo{t})\nprint(classifier("A sentence to classify."))',
         "token-classification": 'tagger = pipeline("token-classification", model=repo{t})\nprint(tagger("A sentence to tag."))',
-        "question-answering": ('qa = pipeline("question-answering", model=repo{t})\n'
-                               'print(qa(question="Where?", context="The cat sat on the mat."))'),
         "feature-extraction": 'extractor = pipeline("feature-extraction", model=repo{t})\nfeatures = extractor("A sentence.")',
     }
-    lines = [f"from transformers import {auto}, AutoTokenizer" + (", pipeline" if tag else ""), "",
+    lines = [f"from transformers import {auto}, AutoTokenizer" + (", pipeline" if tag in examples else ""), "",
              f'repo = "{repo}"  # or the path of this folder',
              f"tokenizer = AutoTokenizer.from_pretrained(repo{trust})",
              f"model = {auto}.from_pretrained(repo{trust})"]
-    if tag:
+    if tag in examples:
         lines += ["", examples[tag].format(t=trust)]
+    elif auto == "AutoModelForQuestionAnswering":  # transformers 5 has no question-answering pipeline
+        lines += ["", 'inputs = tokenizer("Where did the cat sit?", "The cat sat on the mat.", return_tensors="pt")',
+                  "outputs = model(**inputs)",
+                  "start, end = outputs.start_logits.argmax(), outputs.end_logits.argmax()",
+                  'print(tokenizer.decode(inputs["input_ids"][0, start : end + 1]))']
     text = "## Usage\n\n```python\n" + "\n".join(lines) + "\n```"
     if info.remote_code:
         heads = ", ".join(f"`{k}`" for k in sorted(getattr(config, "auto_map", {}) or {}) if k != "AutoConfig")
