@@ -11,6 +11,11 @@ import sys
 
 # Order is the order shown in `hf-ltg --help`.
 COMMAND_MODULES = [
+    "pretrain",
+    "finetune_cls",
+    "finetune_instruct",
+    "generate",
+    "perplexity",
     "convert",
     "quantize",
     "export",

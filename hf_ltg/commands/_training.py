@@ -1,0 +1,127 @@
+"""Options and steps shared by the training commands (pretrain, finetune-cls, finetune-instruct)."""
+
+import os
+from pathlib import Path
+
+
+def add_training_options(parser, *, output: str, max_length: int, epochs: float, batch_size: int,
+                         learning_rate: float, eval_steps: int, logging_steps: int = 10, max_steps: int = -1,
+                         time_limit: float | None = None):
+    group = parser.add_argument_group("training")
+    group.add_argument("--output", default=output, help="final checkpoint folder, written atomically (default: %(default)s)")
+    group.add_argument("--work-dir", help="Trainer folder for intermediate checkpoints and curves "
+                                          "(default: runs/<name of --output>)")
+    group.add_argument("--max-length", type=int, default=max_length, help="tokens per example (default: %(default)s)")
+    group.add_argument("--epochs", type=float, default=epochs, help="default: %(default)s")
+    group.add_argument("--max-steps", type=int, default=max_steps,
+                       help="optimizer steps; overrides --epochs when > 0 (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=batch_size, help="per process (default: %(default)s)")
+    group.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    group.add_argument("--learning-rate", type=float, default=learning_rate, help="default: %(default)s")
+    group.add_argument("--weight-decay", type=float, default=0.1)
+    group.add_argument("--warmup", type=float, default=0.05, help="warmup steps, or a fraction of them if < 1")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--logging-steps", type=int, default=logging_steps)
+    group.add_argument("--eval-steps", type=int, default=eval_steps)
+    group.add_argument("--save-steps", type=int, help="intermediate checkpoint interval (default: --eval-steps)")
+    group.add_argument("--resume", action="store_true",
+                       help="resume an interrupted run from the last checkpoint in --work-dir")
+    group.add_argument("--time-limit", type=float, default=time_limit,
+                       help="stop training after this many seconds (single process only; default: %(default)s)")
+
+
+def work_dir(args) -> Path:
+    return Path(args.work_dir) if args.work_dir else Path("runs") / Path(args.output).name
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def trainer_arguments(args, **overrides):
+    from ..training import training_arguments
+
+    save_steps = args.save_steps or args.eval_steps
+    return training_arguments(
+        work_dir(args),
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup,
+        lr_scheduler_type="cosine",
+        seed=args.seed,
+        data_seed=args.seed,
+        logging_steps=args.logging_steps,
+        eval_steps=args.eval_steps,
+        save_steps=save_steps,
+        **overrides,
+    )
+
+
+def callbacks(args) -> list:
+    from ..training import TimeLimitCallback
+
+    if args.time_limit and world_size() == 1:
+        return [TimeLimitCallback(args.time_limit)]
+    return []
+
+
+def train(trainer, args):
+    """Run `trainer.train`, resuming from the work folder's last checkpoint with --resume."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = None
+    if args.resume:
+        folder = work_dir(args)
+        resume = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if resume is None:
+            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {folder} to resume from; run without --resume.")
+    return trainer.train(resume_from_checkpoint=resume)
+
+
+def report_losses(trainer) -> None:
+    """One line per process: the logged training losses (equal on every rank under DDP)."""
+    losses = [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
+    prefix = f"[rank {trainer.args.process_index}/{trainer.args.world_size}] " if trainer.args.world_size > 1 else ""
+    print(f"{prefix}training losses: {losses}", flush=True)
+
+
+def save(trainer, out, tokenizer, generation_config=None) -> None:
+    """Write the final checkpoint from the main process only."""
+    from ..checkpoint import save_checkpoint
+
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if generation_config is not None:
+            model.generation_config = generation_config
+        save_checkpoint(model, out, tokenizer=tokenizer, generation_config=generation_config)
+        print(f"wrote {Path(out).resolve()}", flush=True)
+
+
+def default_generation_config(tokenizer, max_new_tokens: int = 60):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        temperature=0.8,
+        top_k=40,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def load_checkpoint_tokenizer(model_dir):
+    from ..tokenization import load_tokenizer
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint folder at {model_dir}; train one with `hf-ltg pretrain` or pass --model FOLDER."
+        )
+    return load_tokenizer(model_dir)

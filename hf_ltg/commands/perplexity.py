@@ -1,0 +1,43 @@
+"""`hf-ltg perplexity`: perplexity of a causal-LM checkpoint on a text file, with a sliding window."""
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "perplexity",
+        help="perplexity of a text file under a causal-LM checkpoint (sliding window with a stride)",
+        description="Score every token of FILE (but the first) once, with windows of --max-length tokens "
+                    "every --stride tokens; the overlap serves as context.",
+    )
+    parser.add_argument("file", help="UTF-8 text file")
+    parser.add_argument("--model", default="checkpoints/main-job", help="checkpoint folder (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, help="window length (default: the model's context)")
+    parser.add_argument("--stride", type=int, help="window step, 1..max-length (default: max-length / 2)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from transformers import AutoModelForCausalLM
+
+    from ..data import read_text_files
+    from ..tokenization import check_tokenizer_fits
+    from ..training import sliding_window_perplexity
+    from ._training import load_checkpoint_tokenizer
+
+    text = read_text_files([args.file])[0]
+    tokenizer = load_checkpoint_tokenizer(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    check_tokenizer_fits(tokenizer, model.config)
+    max_length = args.max_length or model.config.max_position_embeddings
+    stride = args.stride or max(1, max_length // 2)
+    if max_length < 2:
+        raise ValueError(f"--max-length must be >= 2, got {max_length}.")
+    if stride < 1:
+        raise ValueError(f"--stride must be >= 1, got {stride}.")
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < 2:
+        raise ValueError(f"{args.file} has {len(ids)} token(s); perplexity needs at least 2.")
+    result = sliding_window_perplexity(model, ids, max_length, stride, batch_size=args.batch_size)
+    print(f"perplexity {result['perplexity']:.3f} (mean NLL {result['nll']:.4f} nats) over {result['tokens']:,} tokens "
+          f"of {args.file}, windows of {max_length} every {stride}")
+    return 0

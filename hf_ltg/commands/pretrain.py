@@ -1,0 +1,130 @@
+"""`hf-ltg pretrain`: a tokenizer and a causal language model from scratch, or continued training.
+
+With no arguments this is the project's main job: a byte-level BPE tokenizer and a small GPT
+trained on the standard library's `pydoc_data.topics` in a few minutes on a CPU, written to
+checkpoints/main-job, with validation perplexity next to a unigram baseline and a sample.
+"""
+
+from . import _training
+
+ARCHITECTURES = ["gpt"]
+SAMPLE_PROMPTS = ["The for statement is used to", "An exception is raised when"]
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="train a tokenizer and a language model from scratch (default: the main job on pydoc topics)",
+        description="Pretrain a causal language model. Without --train-files it trains on the Python standard "
+                    "library's pydoc_data.topics (about 465 KB), which every machine has.",
+    )
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="gpt", help="model family (default: %(default)s)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-files", nargs="+", help="UTF-8 text files, one document each (default: pydoc topics)")
+    data.add_argument("--validation-files", nargs="+",
+                      help="validation text files (default: the last --validation-fraction of each document)")
+    data.add_argument("--validation-fraction", type=float, default=0.1)
+    data.add_argument("--stride", type=int, help="window step of the training windows (default: --max-length)")
+    model = parser.add_argument_group("model and tokenizer")
+    model.add_argument("--init-from", metavar="CHECKPOINT",
+                       help="continue pretraining this checkpoint folder (weights and tokenizer) instead of starting anew")
+    model.add_argument("--tokenizer", help="use this tokenizer (checkpoint folder, tokenizer.json, or vocab.json + "
+                                           "merges.txt folder) instead of training one")
+    model.add_argument("--vocab-size", type=int, default=4096, help="of the trained tokenizer (default: %(default)s)")
+    model.add_argument("--hidden-size", type=int, default=256)
+    model.add_argument("--num-layers", type=int, default=4)
+    model.add_argument("--num-heads", type=int, default=4)
+    model.add_argument("--dropout", type=float, default=0.1)
+    _training.add_training_options(parser, output="checkpoints/main-job", max_length=128, epochs=4, batch_size=16,
+                                   learning_rate=1e-3, eval_steps=200, time_limit=480)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import math
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from ..data import LanguageModelingDataset, PaddingCollator, read_text_files
+    from ..default_data import pretraining_corpus, split_documents
+    from ..gpt import LtgGptConfig, LtgGptForCausalLM
+    from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
+    from ..training import LtgTrainer, generate_text, sliding_window_perplexity, unigram_perplexity
+
+    started = time.time()
+    set_seed(args.seed)
+    if args.train_files:
+        train_docs = read_text_files(args.train_files)
+        if args.validation_files:
+            valid_docs = read_text_files(args.validation_files)
+        else:
+            train_docs, valid_docs = split_documents(train_docs, args.validation_fraction)
+        source = ", ".join(args.train_files)
+    else:
+        train_docs, valid_docs = pretraining_corpus(args.validation_fraction)
+        source = "pydoc_data.topics"
+    if not valid_docs:
+        raise ValueError(f"No validation text: {source} is too short to hold out {args.validation_fraction:.0%} of "
+                         f"its paragraphs; pass --validation-files.")
+
+    if args.init_from:
+        tokenizer = load_tokenizer(args.tokenizer or args.init_from)
+        model = AutoModelForCausalLM.from_pretrained(args.init_from)
+    else:
+        if args.tokenizer:
+            tokenizer = load_tokenizer(args.tokenizer)
+        else:
+            tokenizer = train_tokenizer(iterator=train_docs, vocab_size=args.vocab_size, model_max_length=args.max_length)
+        eos = tokenizer.eos_token_id
+        config = LtgGptConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=args.max_length, hidden_size=args.hidden_size,
+            num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+            embedding_dropout=args.dropout, attention_dropout=args.dropout, hidden_dropout=args.dropout,
+            bos_token_id=eos, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+        )
+        model = LtgGptForCausalLM(config)
+    check_tokenizer_fits(tokenizer, model.config)
+    context = model.config.max_position_embeddings
+    if args.max_length > context:
+        raise ValueError(f"--max-length {args.max_length} exceeds the model's context of {context} tokens; "
+                         f"use --max-length {context} or less.")
+
+    train_set = LanguageModelingDataset(train_docs, tokenizer, args.max_length, args.stride, source=source)
+    valid_set = LanguageModelingDataset(valid_docs, tokenizer, args.max_length, args.max_length,
+                                        source=f"the validation part of {source}")
+    generation_config = _training.default_generation_config(tokenizer)
+    model.generation_config = generation_config
+    trainer = LtgTrainer(
+        model=model,
+        args=_training.trainer_arguments(args),
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        processing_class=tokenizer,
+        callbacks=_training.callbacks(args),
+        sample_prompts=SAMPLE_PROMPTS[:1],
+    )
+    if trainer.is_world_process_zero():
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"pretraining {type(model).__name__} ({n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}) "
+              f"on {source}: {train_set.num_tokens():,} training tokens in {len(train_set)} windows of "
+              f"{args.max_length}, {len(valid_set.token_ids):,} validation tokens", flush=True)
+    _training.train(trainer, args)
+    _training.report_losses(trainer)
+
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        with torch.no_grad():
+            result = sliding_window_perplexity(model, valid_set.token_ids, args.max_length,
+                                               max(1, args.max_length // 2), batch_size=args.batch_size)
+        unigram = unigram_perplexity(train_set.token_ids, valid_set.token_ids, len(tokenizer))
+        sample = generate_text(model, tokenizer, SAMPLE_PROMPTS[0], max_new_tokens=40, seed=args.seed)
+        print(f"validation perplexity {result['perplexity']:.2f} over {result['tokens']:,} tokens "
+              f"(unigram baseline {unigram:.2f}; {math.log(unigram) - result['nll']:.2f} nats/token better)")
+        print(f"sample: {SAMPLE_PROMPTS[0]}{sample}")
+    _training.save(trainer, args.output, tokenizer, generation_config)
+    if trainer.is_world_process_zero():
+        print(f"curves: {_training.work_dir(args) / 'training_curves.png'}; total time {time.time() - started:.0f} s")
+    return 0

@@ -1,0 +1,383 @@
+"""`LtgTrainer`, a `transformers.Trainer` for language-model work, and evaluation helpers.
+
+The Trainer subclass only adds to the stock loop (metrics, samples, freezing, plots): loss
+computation, gradient accumulation, resuming and distributed training are the stock Trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .data import IGNORE_INDEX, window_starts
+
+FREEZE_PRESETS = ("none", "head", "last_block", "last_n_blocks:N", "all")
+HEAD_NAMES = ("lm_head", "score", "classifier")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training arguments
+
+
+def training_arguments(output_dir: str | os.PathLike, **overrides) -> TrainingArguments:
+    """`TrainingArguments` with this project's defaults: CPU + gloo when there is no GPU, tokens
+    counted, no external loggers, checkpoints as safetensors."""
+    cuda = torch.cuda.is_available()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
+    defaults = dict(
+        output_dir=str(output_dir),
+        use_cpu=not cuda,
+        # accelerate treats any backend as a request for a process group, so only under torchrun.
+        ddp_backend=("nccl" if cuda else "gloo") if distributed else None,
+        ddp_find_unused_parameters=False,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        logging_strategy="steps",
+        logging_steps=10,
+        eval_strategy="steps",
+        save_strategy="steps",
+        save_total_limit=2,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    defaults.update(overrides)
+    return TrainingArguments(**defaults)
+
+
+# ---------------------------------------------------------------------------------------------
+# Freezing
+
+
+def freeze_layers(model, preset: str | None) -> int:
+    """Make only part of `model` trainable; returns the number of trainable parameters.
+
+    Presets (the published fine-tuning ablations): `none`/`all` train everything; `head` only the
+    task head; `last_block` the last block, the final norm and the head; `last_n_blocks:N` the last
+    N blocks, the final norm and the head. A causal LM's head is tied to the token embedding,
+    which therefore stays trainable with it.
+    """
+    preset = preset or "none"
+    if preset in ("none", "all"):
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if preset == "head":
+        n_blocks = 0
+    elif preset == "last_block":
+        n_blocks = 1
+    elif preset.startswith("last_n_blocks:") and preset.split(":", 1)[1].isdigit():
+        n_blocks = int(preset.split(":", 1)[1])
+    else:
+        raise ValueError(f"Unknown freezing preset {preset!r}; use one of {', '.join(FREEZE_PRESETS)} (N an integer).")
+
+    heads = [getattr(model, name) for name in HEAD_NAMES if isinstance(getattr(model, name, None), torch.nn.Module)]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no head named {' / '.join(HEAD_NAMES)} to keep trainable.")
+    blocks = _blocks(model)
+    if n_blocks > len(blocks):
+        raise ValueError(f"Preset {preset!r} asks for {n_blocks} blocks but the model has {len(blocks)}.")
+    trainable = list(heads)
+    if n_blocks:
+        trainable += list(blocks[len(blocks) - n_blocks:])
+        final_norm = _final_norm(model)
+        if final_norm is not None:
+            trainable.append(final_norm)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for module in trainable:
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _blocks(model) -> torch.nn.ModuleList:
+    base = model.base_model
+    count = getattr(model.config, "num_hidden_layers", None)
+    lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if not lists:
+        raise ValueError(f"Cannot find the {count} blocks of {type(model).__name__} to freeze or unfreeze.")
+    return lists[0]
+
+
+def _final_norm(model):
+    base = model.base_model
+    for name in ("ln_f", "norm", "final_norm", "final_layer_norm"):
+        if isinstance(getattr(base, name, None), torch.nn.Module):
+            return getattr(base, name)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification metrics: predictions are argmaxed per batch, so no logits are kept.
+
+
+def argmax_logits(logits, labels):
+    """`preprocess_logits_for_metrics`: keep the predicted class ids (B,), not the logits (B, C)."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def classification_metrics(eval_prediction) -> dict[str, float]:
+    """Accuracy and macro-F1 of predicted class ids (see `argmax_logits`)."""
+    predictions = np.asarray(eval_prediction.predictions).reshape(-1)
+    labels = np.asarray(eval_prediction.label_ids).reshape(-1)
+    keep = labels != IGNORE_INDEX
+    predictions, labels = predictions[keep], labels[keep]
+    n_classes = int(max(predictions.max(initial=0), labels.max(initial=0))) + 1
+    confusion = np.bincount(labels * n_classes + predictions, minlength=n_classes**2).reshape(n_classes, n_classes)
+    true_positive = np.diag(confusion).astype(float)
+    precision = np.divide(true_positive, confusion.sum(0), out=np.zeros(n_classes), where=confusion.sum(0) > 0)
+    recall = np.divide(true_positive, confusion.sum(1), out=np.zeros(n_classes), where=confusion.sum(1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n_classes), where=precision + recall > 0)
+    present = confusion.sum(1) > 0  # macro average over the classes that occur
+    return {
+        "accuracy": float(true_positive.sum() / max(len(labels), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer
+
+
+def _is_causal_lm(model) -> bool:
+    model = getattr(model, "base_model", model) if type(model).__name__.startswith("Peft") else model
+    return hasattr(model, "generate") and callable(getattr(model, "get_output_embeddings", None)) and \
+        model.get_output_embeddings() is not None
+
+
+def _is_sequence_classifier(model) -> bool:
+    return "ForSequenceClassification" in type(model).__name__ or any(
+        "ForSequenceClassification" in type(m).__name__ for m in model.modules()
+    )
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Stops training after `seconds` of wall time (single process only: ranks would disagree)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.time() - self.start > self.seconds:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+class LtgTrainer(Trainer):
+    """A `Trainer` that adds, without changing the training step:
+
+    - `eval_perplexity` (exp of the eval loss) for causal language models;
+    - `eval_accuracy` and `eval_macro_f1` for sequence classification, from argmaxed predictions
+      (no logits are kept in memory), unless `compute_metrics` is given;
+    - a few sample generations from `sample_prompts` after each evaluation of a causal LM
+      (printed, and kept in `state.log_history` under `samples`);
+    - layer freezing presets (`freeze=`, see `freeze_layers`);
+    - tokens seen and tokens/s in the logs (`include_num_input_tokens_seen` is switched on);
+    - loss (and accuracy) curves written to `output_dir/training_curves.png` after `train`.
+    """
+
+    def __init__(self, *args, freeze: str | None = None, sample_prompts: Sequence[str] | None = None,
+                 sample_max_new_tokens: int = 40, plot: bool = True, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None and freeze:
+            freeze_layers(model, freeze)
+        if model is not None and _is_sequence_classifier(model) and kwargs.get("compute_metrics") is None:
+            kwargs["compute_metrics"] = classification_metrics
+            kwargs.setdefault("preprocess_logits_for_metrics", argmax_logits)
+        super().__init__(*args, **kwargs)
+        if self.args.include_num_input_tokens_seen in ("no", False):
+            self.args.include_num_input_tokens_seen = "non_padding"
+        if _is_sequence_classifier(self.model):
+            # The classification loss is a per-batch mean that ignores `num_items_in_batch`, although
+            # forward takes **kwargs; without this, gradient accumulation and DDP would rescale it.
+            self.model_accepts_loss_kwargs = False
+        self.sample_prompts = list(sample_prompts or [])
+        self.sample_max_new_tokens = sample_max_new_tokens
+        self.plot = plot
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        loss = output.metrics.get(f"{prefix}_loss")
+        if loss is not None and _is_causal_lm(self.model):
+            output.metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 50.0))
+        return output
+
+    def evaluate(self, *args, **kwargs):
+        metrics = super().evaluate(*args, **kwargs)
+        if self.sample_prompts and _is_causal_lm(self.model) and self.is_world_process_zero():
+            samples = [
+                generate_text(self.model, self.processing_class, prompt, max_new_tokens=self.sample_max_new_tokens,
+                              seed=self.args.seed)
+                for prompt in self.sample_prompts
+            ]
+            self.state.log_history.append({"samples": samples, "step": self.state.global_step})
+            for prompt, sample in zip(self.sample_prompts, samples):
+                shown = prompt if len(prompt) <= 60 else "..." + prompt[-57:]
+                _write(f"[step {self.state.global_step}] sample: {shown!r} -> {sample!r}")
+        return metrics
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.plot and self.is_world_process_zero():
+            plot_training_curves(self.state.log_history, Path(self.args.output_dir) / "training_curves.png")
+        return result
+
+
+def _write(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> Path | None:
+    """Training/validation loss against steps (and validation accuracy when logged) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    valid = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    accuracy = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e]
+    if not train and not valid:
+        return None
+    panels = 2 if accuracy else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    loss_axis = axes[0][0]
+    if train:
+        loss_axis.plot(*zip(*train), label="training loss")
+    if valid:
+        loss_axis.plot(*zip(*valid), marker="o", label="validation loss")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss")
+    loss_axis.legend()
+    if accuracy:
+        axes[0][1].plot(*zip(*accuracy), marker="o", color="tab:green", label="validation accuracy")
+        axes[0][1].set_xlabel("step")
+        axes[0][1].set_ylabel("accuracy")
+        axes[0][1].legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def save_log_history(log_history: list[dict], path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(log_history, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and generation helpers
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.8,
+                  top_k: int | None = 40, top_p: float | None = None, seed: int | None = 0,
+                  do_sample: bool | None = None) -> str:
+    """Continue `prompt`; stops at the end-of-text token. Sampling uses a private RNG state, so
+    generating never changes the random stream of training."""
+    do_sample = temperature > 0 if do_sample is None else do_sample
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    if input_ids.shape[1] == 0:
+        input_ids = torch.tensor([[tokenizer.eos_token_id]], device=device)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None:
+        input_ids = input_ids[:, -(limit - 1):]
+        max_new_tokens = max(1, min(max_new_tokens, limit - input_ids.shape[1]))
+    options = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if do_sample:
+        options.update(temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
+        output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **options)
+    model.train(was_training)
+    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def sliding_window_perplexity(model, token_ids: Sequence[int], max_length: int, stride: int,
+                              batch_size: int = 8) -> dict[str, float]:
+    """Perplexity of a token sequence, scoring every token but the first exactly once.
+
+    Windows of `max_length` tokens start every `stride` tokens; each window scores only the
+    tokens not scored by the previous one, with the rest as context (so a smaller stride gives
+    more context per token). Returns perplexity, mean negative log-likelihood and token count.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}.")
+    if not 1 <= stride <= max_length:
+        raise ValueError(f"stride must be between 1 and max_length ({max_length}), got {stride}.")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length {max_length} exceeds the model's context of {limit} tokens; use at most {limit}.")
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long)
+    if len(ids) < 2:
+        raise ValueError(f"Perplexity needs at least 2 tokens, got {len(ids)}.")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    windows, scored_from = [], 1
+    for start in window_starts(len(ids), max_length, stride):
+        end = min(start + max_length, len(ids))
+        if end <= scored_from:
+            continue
+        labels = ids[start:end].clone()
+        labels[: scored_from - start] = IGNORE_INDEX  # context: already scored by an earlier window
+        windows.append((ids[start:end], labels))
+        scored_from = end
+    total_nll, total_tokens = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i:i + batch_size]
+        length = max(len(w) for w, _ in chunk)
+        input_ids = torch.zeros(len(chunk), length, dtype=torch.long)
+        labels = torch.full((len(chunk), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros(len(chunk), length, dtype=torch.long)
+        for row, (window, window_labels) in enumerate(chunk):
+            input_ids[row, : len(window)] = window
+            labels[row, : len(window)] = window_labels
+            attention_mask[row, : len(window)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
+        targets = labels[:, 1:].to(device)  # position t predicts token t + 1
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="sum",
+        )
+        total_nll += nll.item()
+        total_tokens += int((targets != IGNORE_INDEX).sum())
+    model.train(was_training)
+    mean_nll = total_nll / total_tokens
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "tokens": total_tokens}
+
+
+def unigram_perplexity(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
+    """Perplexity on `eval_ids` (all but the first, as the models score them) of the unigram
+    distribution of `train_ids` with add-one smoothing over `vocab_size` tokens."""
+    counts = np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    log_probs = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
+    targets = np.asarray(eval_ids, dtype=np.int64)[1:]
+    return float(np.exp(-log_probs[targets].mean()))
