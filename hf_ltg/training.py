@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .data import IGNORE_INDEX, window_starts
+from .data import IGNORE_INDEX
 
 FREEZE_PRESETS = ("none", "head", "last_block", "last_n_blocks:N", "all")
 HEAD_NAMES = ("lm_head", "score", "classifier")
@@ -324,9 +324,11 @@ def sliding_window_perplexity(model, token_ids: Sequence[int], max_length: int, 
                               batch_size: int = 8) -> dict[str, float]:
     """Perplexity of a token sequence, scoring every token but the first exactly once.
 
-    Windows of `max_length` tokens start every `stride` tokens; each window scores only the
-    tokens not scored by the previous one, with the rest as context (so a smaller stride gives
-    more context per token). Returns perplexity, mean negative log-likelihood and token count.
+    The first window scores its `max_length - 1` predictable tokens; each later window ends
+    `stride` tokens further and scores only those new tokens, with up to `max_length - stride`
+    earlier tokens as context (so a smaller stride gives more context per token, at more cost;
+    a stride of `max_length` is taken as `max_length - 1`, one token of context). Returns
+    perplexity, mean negative log-likelihood (nats) and the number of scored tokens.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2, got {max_length}.")
@@ -341,15 +343,14 @@ def sliding_window_perplexity(model, token_ids: Sequence[int], max_length: int, 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    windows, scored_from = [], 1
-    for start in window_starts(len(ids), max_length, stride):
-        end = min(start + max_length, len(ids))
-        if end <= scored_from:
-            continue
+    step = min(stride, max_length - 1)  # a window needs one token of context before its first target
+    windows, scored_from, end = [], 1, min(max_length, len(ids))
+    while scored_from < len(ids):
+        start = max(0, end - max_length)
         labels = ids[start:end].clone()
-        labels[: scored_from - start] = IGNORE_INDEX  # context: already scored by an earlier window
+        labels[: scored_from - start] = IGNORE_INDEX  # context: scored by an earlier window
         windows.append((ids[start:end], labels))
-        scored_from = end
+        scored_from, end = end, min(end + step, len(ids))
     total_nll, total_tokens = 0.0, 0
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
