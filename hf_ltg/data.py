@@ -336,6 +336,8 @@ class InstructionDataset(TensorDictDataset):
 
     With `mask_prompt`, the prompt's labels are -100, so the loss covers the response and the
     final eos only. The eos is part of every item, so it is learned however the batch is padded.
+    A record whose prompt alone fills `max_length` would then have nothing to learn from: it is
+    left out and counted in `num_dropped`.
     """
 
     def __init__(self, records: Sequence[dict], tokenizer, max_length: int = 256, mask_prompt: bool = False,
@@ -354,8 +356,16 @@ class InstructionDataset(TensorDictDataset):
         rows = []
         for prompt, response in zip(prompts, responses):
             ids = (prompt + response + [eos])[:max_length]
-            labels = ([IGNORE_INDEX] * len(prompt) if mask_prompt else list(prompt)) + response + [eos]
-            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels[:max_length]})
+            labels = (([IGNORE_INDEX] * len(prompt) if mask_prompt else list(prompt)) + response + [eos])[:max_length]
+            if all(label == IGNORE_INDEX for label in labels[1:]):  # the first label is never predicted
+                continue
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        self.num_dropped = len(records) - len(rows)
+        if not rows:
+            raise ValueError(
+                f"{source}: with max_length={max_length} and the prompt masked, no record keeps a response token "
+                f"(the prompts are longer); raise max_length or do not mask the prompt."
+            )
         super().__init__(rows)
 
     @classmethod

@@ -121,6 +121,11 @@ def test_instruction_items_follow_the_alpaca_format_and_end_with_eos(tok):
     assert (masked["labels"][:n_prompt] == IGNORE_INDEX).all()
     assert tok.decode(masked["labels"][n_prompt:]) == "for" + tok.eos_token
     assert len(InstructionDataset([record], tok, max_length=7)[0]["labels"]) == 7
+    short_prompt = {"instruction": "Hi", "output": "for"}
+    kept = InstructionDataset([record, short_prompt], tok, max_length=n_prompt - 2, mask_prompt=True)
+    assert kept.num_dropped == 1 and len(kept) == 1  # nothing of the first response fits: left out
+    with pytest.raises(ValueError, match="no record keeps a response token"):
+        InstructionDataset([record], tok, max_length=n_prompt - 2, mask_prompt=True)
 
 
 def test_instruction_record_without_instruction_or_output_is_reported(tok, tmp_path):

@@ -66,8 +66,10 @@ def run(args) -> int:
         sample_max_new_tokens=40,
     )
     if trainer.is_world_process_zero():
+        dropped = train_set.num_dropped + valid_set.num_dropped
         print(f"instruction-tuning {args.model} on {source}: {len(train_set)} training / {len(valid_set)} validation "
-              f"records{' (prompt masked)' if args.mask_prompt else ''}", flush=True)
+              f"records{' (prompt masked)' if args.mask_prompt else ''}"
+              f"{f'; {dropped} left out, their prompt fills --max-length' if dropped else ''}", flush=True)
     before = trainer.evaluate()["eval_loss"]
     _training.train(trainer, args)
     _training.report_losses(trainer)

@@ -118,7 +118,7 @@ def run(args) -> int:
         model = trainer.accelerator.unwrap_model(trainer.model)
         with torch.no_grad():
             result = sliding_window_perplexity(model, valid_set.token_ids, args.max_length,
-                                               max(1, args.max_length // 2), batch_size=args.batch_size)
+                                               max(1, args.max_length // 2), batch_size=32)
         unigram = unigram_perplexity(train_set.token_ids, valid_set.token_ids, len(tokenizer))
         sample = generate_text(model, tokenizer, SAMPLE_PROMPTS[0], max_new_tokens=40, seed=args.seed)
         print(f"validation perplexity {result['perplexity']:.2f} over {result['tokens']:,} tokens "
