@@ -288,9 +288,12 @@ class ClassificationDataset(TensorDictDataset):
                     f"{source}{where}: label {record['label']!r} is not in the label mapping "
                     f"{sorted(self.label2id)}; fix the label or train with a mapping that includes it."
                 )
+        # With the tokenizer's own special tokens, as the text-classification pipeline encodes:
+        # [CLS] ... [SEP] for BERT-style tokenizers (whose heads pool [CLS]), none for GPT-2's.
+        encoded = tokenizer([r["text"] for r in records], truncation=True, max_length=max_length, verbose=False)
         rows = []
-        for record, ids in zip(records, _encode(tokenizer, [r["text"] for r in records])):
-            ids = ids[:max_length] or [_eos_id(tokenizer)]
+        for record, ids in zip(records, encoded["input_ids"]):
+            ids = ids or [_eos_id(tokenizer)]
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": self.label2id[record["label"]]})
         super().__init__(rows)
 

@@ -7,7 +7,7 @@ checkpoints/main-job, with validation perplexity next to a unigram baseline and 
 
 from . import _training
 
-ARCHITECTURES = ["gpt"]
+ARCHITECTURES = ["gpt", "ltg-bert"]
 SAMPLE_PROMPTS = ["The for statement is used to", "An exception is raised when"]
 
 
@@ -18,7 +18,13 @@ def add_parser(subparsers):
         description="Pretrain a causal language model. Without --train-files it trains on the Python standard "
                     "library's pydoc_data.topics (about 465 KB), which every machine has.",
     )
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="gpt", help="model family (default: %(default)s)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="gpt",
+                        help="model family (default: %(default)s); ltg-bert trains a masked LM with a WordPiece "
+                             "tokenizer, written to checkpoints/ltg-bert unless --output is given")
+    parser.add_argument("--masking", choices=("whole-word", "subword"), default="whole-word",
+                        help="ltg-bert: mask whole words or single subwords (default: %(default)s)")
+    parser.add_argument("--mlm-probability", type=float, default=0.15,
+                        help="ltg-bert: share of tokens to predict, 80/10/10 [MASK]/random/kept (default: %(default)s)")
     data = parser.add_argument_group("data")
     data.add_argument("--train-files", nargs="+", help="UTF-8 text files, one document each (default: pydoc topics)")
     data.add_argument("--validation-files", nargs="+",
@@ -40,21 +46,11 @@ def add_parser(subparsers):
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    import math
-    import time
-
-    import torch
-    from transformers import AutoModelForCausalLM, set_seed
-
-    from ..data import LanguageModelingDataset, PaddingCollator, read_text_files
+def documents(args) -> tuple[list[str], list[str], str]:
+    """(training documents, validation documents, a name for their source) from the options."""
+    from ..data import read_text_files
     from ..default_data import pretraining_corpus, split_documents
-    from ..gpt import LtgGptConfig, LtgGptForCausalLM
-    from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
-    from ..training import LtgTrainer, generate_text, sliding_window_perplexity, unigram_perplexity
 
-    started = time.time()
-    set_seed(args.seed)
     if args.train_files:
         train_docs = read_text_files(args.train_files)
         if args.validation_files:
@@ -68,6 +64,28 @@ def run(args) -> int:
     if not valid_docs:
         raise ValueError(f"No validation text: {source} is too short to hold out {args.validation_fraction:.0%} of "
                          f"its paragraphs; pass --validation-files.")
+    return train_docs, valid_docs, source
+
+
+def run(args) -> int:
+    import math
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from ..data import LanguageModelingDataset, PaddingCollator
+    from ..gpt import LtgGptConfig, LtgGptForCausalLM
+    from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
+    from ..training import LtgTrainer, generate_text, sliding_window_perplexity, unigram_perplexity
+
+    if args.arch == "ltg-bert":
+        from ._pretrain_ltg_bert import run_masked_lm
+
+        return run_masked_lm(args)
+    started = time.time()
+    set_seed(args.seed)
+    train_docs, valid_docs, source = documents(args)
 
     if args.init_from:
         tokenizer = load_tokenizer(args.tokenizer or args.init_from)
