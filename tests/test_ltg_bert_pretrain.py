@@ -81,3 +81,15 @@ def test_classification_examples_start_with_cls_as_the_head_expects(pretrained):
     dataset = ClassificationDataset([{"text": "for x in y " * 20, "label": "a"}], tokenizer, max_length=16)
     ids = dataset[0]["input_ids"].tolist()
     assert len(ids) == 16 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+
+
+def test_the_shipped_ltg_bert_checkpoint_fills_masks():
+    from transformers import pipeline
+
+    from tests.helpers import REPO
+
+    folder = REPO / "checkpoints" / "ltg-bert"
+    fill = pipeline("fill-mask", model=str(folder))
+    assert type(fill.model).__name__ == "LtgBertForMaskedLM" and fill.model.config.hidden_size == 128
+    guesses = fill("The while statement is used for repeated [MASK] as long as an expression is true.", top_k=5)
+    assert len(guesses) == 5 and all(g["score"] > 0 for g in guesses)
