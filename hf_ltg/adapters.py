@@ -391,4 +391,26 @@ def save_adapter_or_merged(model, out, tokenizer=None, merge: bool = False, gene
             tokenizer.save_pretrained(tmp)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
+    hint = _head_loading_hint(model, out)
+    if hint:
+        print(hint, flush=True)
     return Path(out)
+
+
+def _head_loading_hint(model, out) -> str | None:
+    """How to load a classification adapter: its base checkpoint does not know the labels.
+
+    (An adapter folder must not hold a config.json: transformers would then take it for a
+    complete model and look for the base weights there.)
+    """
+    config = model.get_base_model().config
+    task_type = model.active_peft_config.task_type
+    if task_type not in _HEADED_TASKS or not getattr(config, "id2label", None):
+        return None
+    auto_class = {TaskType.SEQ_CLS: "AutoPeftModelForSequenceClassification",
+                  TaskType.TOKEN_CLS: "AutoPeftModelForTokenClassification",
+                  TaskType.QUESTION_ANS: "AutoPeftModelForQuestionAnswering"}[task_type]
+    labels = {int(k): v for k, v in config.id2label.items()}
+    return (f"the base model's checkpoint does not know the labels; load the adapter with "
+            f"{auto_class}.from_pretrained({str(out)!r}, num_labels={len(labels)}, id2label={labels}, "
+            f"label2id={ {v: k for k, v in labels.items()} }, pad_token_id={config.pad_token_id})")
