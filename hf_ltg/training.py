@@ -304,6 +304,9 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 40, tempe
     if input_ids.shape[1] == 0:
         input_ids = torch.tensor([[tokenizer.eos_token_id]], device=device)
     limit = getattr(model.config, "max_position_embeddings", None)
+    peft_config = getattr(model, "active_peft_config", None)
+    if limit is not None and peft_config is not None and peft_config.is_prompt_learning:
+        limit -= peft_config.num_virtual_tokens  # virtual tokens take positions too
     if limit is not None:
         input_ids = input_ids[:, -(limit - 1):]
         max_new_tokens = max(1, min(max_new_tokens, limit - input_ids.shape[1]))

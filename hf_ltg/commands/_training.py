@@ -30,6 +30,12 @@ def add_training_options(parser, *, output: str, max_length: int, epochs: float,
                        help="stop training after this many seconds (single process only; default: %(default)s)")
 
 
+def check_no_freeze_with_adapter(args) -> None:
+    if args.freeze not in ("all", "none"):
+        raise ValueError(f"--freeze {args.freeze} and --adapter {args.adapter} both choose what trains; "
+                         "an adapter trains only its own weights (and the task head): drop --freeze.")
+
+
 def work_dir(args) -> Path:
     return Path(args.work_dir) if args.work_dir else Path("runs") / Path(args.output).name
 
@@ -90,15 +96,15 @@ def report_losses(trainer) -> None:
     print(f"{prefix}training losses: {losses}", flush=True)
 
 
-def save(trainer, out, tokenizer, generation_config=None) -> None:
-    """Write the final checkpoint from the main process only."""
-    from ..checkpoint import save_checkpoint
+def save(trainer, out, tokenizer, generation_config=None, merge=False) -> None:
+    """Write the final checkpoint (or adapter, or merged LoRA checkpoint) from the main process only."""
+    from ..adapters import save_adapter_or_merged
 
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model)
         if generation_config is not None:
             model.generation_config = generation_config
-        save_checkpoint(model, out, tokenizer=tokenizer, generation_config=generation_config)
+        save_adapter_or_merged(model, out, tokenizer=tokenizer, merge=merge, generation_config=generation_config)
         print(f"wrote {Path(out).resolve()}", flush=True)
 
 

@@ -4,6 +4,7 @@ Default data: the summary lines of standard-library docstrings, labelled by modu
 (see `hf_ltg.default_data`); reports validation accuracy next to the majority-class baseline.
 """
 
+from ..adapters import add_adapter_arguments
 from . import _training
 
 
@@ -22,6 +23,7 @@ def add_parser(subparsers):
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--freeze", default="all",
                         help="trainable part: all, head, last_block, last_n_blocks:N (default: %(default)s)")
+    add_adapter_arguments(parser)
     _training.add_training_options(parser, output="checkpoints/finetune-cls", max_length=64, epochs=4, batch_size=16,
                                    learning_rate=5e-4, eval_steps=75)
     parser.set_defaults(func=run)
@@ -30,6 +32,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from transformers import AutoModelForSequenceClassification, set_seed
 
+    from ..adapters import apply_adapter, trainable_parameters
     from ..data import ClassificationDataset, PaddingCollator
     from ..default_data import classification_data
     from ..tokenization import check_tokenizer_fits
@@ -58,7 +61,12 @@ def run(args) -> int:
         pad_token_id=tokenizer.pad_token_id,
     )
     check_tokenizer_fits(tokenizer, model.config)
-    trainable = freeze_layers(model, args.freeze)
+    if args.adapter:
+        _training.check_no_freeze_with_adapter(args)
+        model = apply_adapter(model, args, "SEQ_CLS", tokenizer)
+        trainable = trainable_parameters(model)[0]
+    else:
+        trainable = freeze_layers(model, args.freeze)
     trainer = LtgTrainer(
         model=model,
         args=_training.trainer_arguments(args, eval_on_start=True),
@@ -72,12 +80,12 @@ def run(args) -> int:
     if trainer.is_world_process_zero():
         print(f"fine-tuning {args.model} for {len(train_set.label2id)} labels {sorted(train_set.label2id)} on {source}: "
               f"{len(train_set)} training / {len(valid_set)} validation examples, {trainable:,} trainable parameters "
-              f"(--freeze {args.freeze})", flush=True)
+              f"({f'--adapter {args.adapter}' if args.adapter else f'--freeze {args.freeze}'})", flush=True)
     _training.train(trainer, args)
     _training.report_losses(trainer)
     metrics = trainer.evaluate()
     if trainer.is_world_process_zero():
         print(f"validation accuracy {metrics['eval_accuracy']:.4f} (macro-F1 {metrics['eval_macro_f1']:.4f}); "
               f"majority-class baseline {baseline:.4f}")
-    _training.save(trainer, args.output, tokenizer)
+    _training.save(trainer, args.output, tokenizer, merge=args.merge)
     return 0

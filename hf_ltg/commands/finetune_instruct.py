@@ -4,6 +4,7 @@ Default data: instructions built from the standard library (what a function, a k
 reference section does; see `hf_ltg.default_data`). Reports validation loss before and after.
 """
 
+from ..adapters import add_adapter_arguments
 from . import _training
 
 
@@ -19,6 +20,7 @@ def add_parser(subparsers):
     parser.add_argument("--validation-file", help="Alpaca JSON/JSONL (required with --train-file)")
     parser.add_argument("--mask-prompt", action="store_true", help="train on the responses only (prompt labels -100)")
     parser.add_argument("--freeze", default="all", help="all, head, last_block, last_n_blocks:N (default: %(default)s)")
+    add_adapter_arguments(parser)
     _training.add_training_options(parser, output="checkpoints/finetune-instruct", max_length=128, epochs=2,
                                    batch_size=8, learning_rate=3e-4, eval_steps=100)
     parser.set_defaults(func=run)
@@ -27,6 +29,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from transformers import AutoModelForCausalLM, set_seed
 
+    from ..adapters import apply_adapter
     from ..data import InstructionDataset, PaddingCollator, format_alpaca_prompt, read_instruction_file
     from ..default_data import instruction_data
     from ..tokenization import check_tokenizer_fits
@@ -51,6 +54,9 @@ def run(args) -> int:
     if args.max_length > model.config.max_position_embeddings:
         raise ValueError(f"--max-length {args.max_length} exceeds the model's context of "
                          f"{model.config.max_position_embeddings} tokens; use at most that.")
+    if args.adapter:
+        _training.check_no_freeze_with_adapter(args)
+        model = apply_adapter(model, args, "CAUSAL_LM", tokenizer)
     example = valid_records[0]
     prompt = format_alpaca_prompt(example["instruction"], example.get("input") or "")
     trainer = LtgTrainer(
@@ -61,7 +67,7 @@ def run(args) -> int:
         eval_dataset=valid_set,
         processing_class=tokenizer,
         callbacks=_training.callbacks(args),
-        freeze=args.freeze,
+        freeze=None if args.adapter else args.freeze,
         sample_prompts=[prompt],
         sample_max_new_tokens=40,
     )
@@ -79,5 +85,5 @@ def run(args) -> int:
         print(f"validation loss {before:.4f} before, {after:.4f} after fine-tuning")
         print(f"example: {example['instruction']!r} -> {response.strip()!r} (reference {example['output']!r})")
     generation_config = _training.default_generation_config(tokenizer, max_new_tokens=100)
-    _training.save(trainer, args.output, tokenizer, generation_config)
+    _training.save(trainer, args.output, tokenizer, generation_config, merge=args.merge)
     return 0
