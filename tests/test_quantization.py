@@ -286,3 +286,28 @@ def test_ltg_bert_is_refused_with_a_clear_error():
                            intermediate_size=64, max_position_embeddings=32)
     with pytest.raises(ValueError, match=r"supports the model types \('ltg_gpt',\).*LTG-BERT checkpoints are not supported yet"):
         quantize_model(LtgBertForMaskedLM(config), "absmax")
+
+
+def test_perplexity_and_generate_quantize_on_the_fly_with_int8(tmp_path, tiny_tokenizer, capsys):
+    from tests.conftest import CORPUS
+
+    save_float_checkpoint(tmp_path / "float", tiny_tokenizer)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(CORPUS))
+    figures = {}
+    for flag in ([], ["--int8"], ["--int8", "zeropoint"]):
+        assert cli_main(["perplexity", str(text), "--model", str(tmp_path / "float"), "--max-length", "32", *flag]) == 0
+        figures[" ".join(flag)] = float(re.search(r"perplexity ([\d.]+)", capsys.readouterr().out).group(1))
+    assert figures["--int8"] != figures[""]  # the flag changed the model ...
+    for name, value in figures.items():  # ... and int8 costs little
+        assert abs(value / figures[""] - 1) < 0.02, figures
+    assert cli_main(["generate", "The cat", "--model", str(tmp_path / "float"), "--int8", "llm-int8",
+                     "--temperature", "0", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("The cat")
+
+
+def test_int8_flag_on_a_quantized_checkpoint_is_refused(tmp_path, tiny_tokenizer, capsys):
+    save_float_checkpoint(tmp_path / "float", tiny_tokenizer)
+    assert cli_main(["quantize", str(tmp_path / "float"), str(tmp_path / "int8")]) == 0
+    assert cli_main(["generate", "The cat", "--model", str(tmp_path / "int8"), "--int8"]) == 2
+    assert "already quantized" in capsys.readouterr().err

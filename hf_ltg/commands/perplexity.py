@@ -1,5 +1,7 @@
 """`hf-ltg perplexity`: perplexity of a causal-LM checkpoint on a text file, with a sliding window."""
 
+from .quantize import add_int8_argument, quantize_loaded
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -13,6 +15,7 @@ def add_parser(subparsers):
     parser.add_argument("--max-length", type=int, help="window length (default: the model's context)")
     parser.add_argument("--stride", type=int, help="window step, 1..max-length (default: max-length / 2)")
     parser.add_argument("--batch-size", type=int, default=8)
+    add_int8_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -26,7 +29,7 @@ def run(args) -> int:
 
     text = read_text_files([args.file])[0]
     tokenizer = load_checkpoint_tokenizer(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model), args.int8)
     check_tokenizer_fits(tokenizer, model.config)
     max_length = args.max_length or model.config.max_position_embeddings
     stride = args.stride or max(1, max_length // 2)

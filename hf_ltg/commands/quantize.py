@@ -7,6 +7,21 @@ SCHEMES = ("absmax", "zeropoint", "llm-int8")
 DEFAULT_THRESHOLD = 6.0
 
 
+def add_int8_argument(parser):
+    """`--int8 [SCHEME]` of the commands that load a model (generate, perplexity): quantize on the fly."""
+    parser.add_argument("--int8", nargs="?", const="absmax", choices=SCHEMES, metavar="SCHEME",
+                        help=f"quantize the linear layers to int8 after loading: {', '.join(SCHEMES)} "
+                             "(default when given without a value: absmax)")
+
+
+def quantize_loaded(model, scheme):
+    if scheme:
+        from ..quantization import quantize_model
+
+        quantize_model(model, scheme)
+    return model
+
+
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "quantize",

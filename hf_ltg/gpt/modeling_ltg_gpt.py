@@ -617,17 +617,28 @@ class LtgGptInt8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
     def _absmax_matmul(self, x):
-        xq, x_scale = quantize_absmax(x)
-        return int8_matmul(xq, self.weight).float() * (x_scale[:, None] * self.weight_scale.float()[None])
+        # quantize_absmax of the rows, with fewer kernel launches (this runs for every token)
+        x = x.float()
+        x_scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-30) / 127  # (M, 1)
+        xq = torch.round(x / x_scale).clamp_(-127, 127).to(torch.int8)
+        return int8_matmul(xq, self.weight).float().mul_(x_scale).mul_(self.weight_scale.float())
 
     def _zeropoint_matmul(self, x):
         # x ~= sx (xq - zx), w ~= sw (q - zw):  x.w = sx sw (xq.q - zx sum(q) - zw sum(xq) + K zx zw), exact in int32
         xq, x_scale, x_zero = quantize_zeropoint(x)
         x_zero, w_zero = x_zero.to(torch.int32)[:, None], self.weight_zero_point.to(torch.int32)[None]
         acc = int8_matmul(xq, self.weight)
-        acc = acc - x_zero * self.weight.sum(dim=1, dtype=torch.int32)[None]
-        acc = acc - w_zero * xq.sum(dim=1, dtype=torch.int32)[:, None] + self.in_features * x_zero * w_zero
-        return acc.float() * (x_scale[:, None] * self.weight_scale.float()[None])
+        acc -= x_zero * self._weight_row_sums()[None]
+        acc -= w_zero * (xq.sum(dim=1, dtype=torch.int32)[:, None] - self.in_features * x_zero)
+        return acc.float().mul_(x_scale[:, None]).mul_(self.weight_scale.float())
+
+    def _weight_row_sums(self):
+        # sum(q) per output row, cached: recomputing it would read the whole matrix a second time per call
+        key = (self.weight.data_ptr(), self.weight._version)
+        if getattr(self, "_row_sums_key", None) != key:
+            self._row_sums = self.weight.sum(dim=1, dtype=torch.int32)
+            self._row_sums_key = key
+        return self._row_sums
 
     def extra_repr(self):
         threshold = f", threshold={self.threshold}" if self.scheme == "llm-int8" else ""
