@@ -91,7 +91,7 @@ def main(argv=None):
 
     load_before = os.getloadavg()
     best = {name: float("inf") for name, _ in variants}
-    for name, model in variants:
+    for _, model in variants:
         decode_time(model, prompt, 4)  # warm-up
     for _ in range(args.repeats):
         for name, model in variants:

@@ -299,7 +299,7 @@ def test_perplexity_and_generate_quantize_on_the_fly_with_int8(tmp_path, tiny_to
         assert cli_main(["perplexity", str(text), "--model", str(tmp_path / "float"), "--max-length", "32", *flag]) == 0
         figures[" ".join(flag)] = float(re.search(r"perplexity ([\d.]+)", capsys.readouterr().out).group(1))
     assert figures["--int8"] != figures[""]  # the flag changed the model ...
-    for name, value in figures.items():  # ... and int8 costs little
+    for value in figures.values():  # ... and int8 costs little
         assert abs(value / figures[""] - 1) < 0.02, figures
     assert cli_main(["generate", "The cat", "--model", str(tmp_path / "float"), "--int8", "llm-int8",
                      "--temperature", "0", "--max-new-tokens", "5"]) == 0
