@@ -30,9 +30,35 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from .configuration_ltg_gpt import LtgGptConfig
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout`, but on CPU outside `torch.compile` the mask comes from 16-bit random numbers.
+
+    PyTorch's CPU dropout draws one number from a sequential generator per element, which makes
+    dropout the largest single cost of a CPU training step; two 16-bit draws per 32-bit number halve
+    that, and a comparison replaces the float `bernoulli_`. The probability is rounded to a
+    multiple of 2**-16 (0.1 becomes 0.100006) and the scale uses the rounded value, so the
+    expectation is kept exactly. CUDA and compiled graphs have fast generators and use `F.dropout`.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    cut = round(p * 65536)
+    bits = torch.randint(-(2**31), 2**31, ((x.numel() + 1) // 2,), dtype=torch.int32, device=x.device)
+    drop = (bits.view(torch.int16)[: x.numel()] < cut - 32768).view(x.shape)
+    return x.mul(1.0 / (1.0 - cut / 65536)).masked_fill_(drop, 0.0)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` through `fast_dropout`."""
+
+    def forward(self, x):
+        return fast_dropout(x, self.p, self.training)
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Reference attention. query (B, nh, T, hs), key/value (B, nh, S, hs) -> (B, T, nh, hs)."""
-    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, T, S)
+    weights = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, nh, T, S); scaling q is the smaller pass
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
@@ -43,9 +69,61 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
         causal = causal.tril(key.shape[2] - query.shape[2])
         weights = weights.masked_fill(~causal, torch.finfo(weights.dtype).min)
     weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
+    weights = fast_dropout(weights, dropout, module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, `chunk` rows at a time.
+
+    hidden (N, D), weight (V, D), targets (N,) with -100 for ignored rows; the summed loss is
+    divided by `divisor` (the number of targets, or the Trainer's `num_items_in_batch`). The
+    (N, V) logits never exist whole, in fp32 or otherwise: each chunk's logits are turned into the
+    loss and, in the same pass, into the gradients of `hidden` and `weight` (softmax minus one-hot),
+    so backward only scales them. Under autocast the products run in the autocast dtype and the
+    softmax in fp32, as autocast would do.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, divisor, chunk, need_grads):
+        device = hidden.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
+            h, w = hidden.to(compute), weight.to(compute)
+            scale = (targets != -100).float() / divisor  # (N,) weight of each row in the mean
+            targets = targets.clamp(min=0)[:, None]  # ignored rows have scale 0
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(h) if need_grads else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grads else None
+            for start in range(0, h.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                logits = (h[rows] @ w.t()).float()  # (n, V)
+                lse = logits.logsumexp(-1, keepdim=True)
+                loss += ((lse - logits.gather(1, targets[rows])).squeeze(1) * scale[rows]).sum()
+                if need_grads:
+                    probs = logits.sub_(lse).exp_().scatter_add_(1, targets[rows], torch.full_like(lse, -1.0))
+                    probs = probs.mul_(scale[rows, None]).to(compute)  # d loss / d logits
+                    grad_h[rows] = probs @ w
+                    if compute == torch.float32:
+                        grad_w.addmm_(probs.t(), h[rows])
+                    else:
+                        grad_w += probs.t() @ h[rows]
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return (
+            (grad_h * grad_loss).to(ctx.dtypes[0]),
+            (grad_w * grad_loss).to(ctx.dtypes[1]),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class LtgGptAttention(nn.Module):
@@ -61,7 +139,7 @@ class LtgGptAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.resid_dropout = nn.Dropout(config.hidden_dropout)
+        self.resid_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
         batch, length, width = hidden_states.shape
@@ -70,8 +148,12 @@ class LtgGptAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
 
+        attention_dropout = self.config.attention_dropout if self.training else 0.0
         attention_interface = eager_attention_forward
-        if not output_attentions:  # only the eager path computes the weights
+        # Only the eager path computes the weights. On CPU, SDPA with dropout falls back to an
+        # unfused kernel with slow dropout: the eager path with `fast_dropout` beats it.
+        cpu_dropout = attention_dropout > 0 and query.device.type == "cpu" and not torch.compiler.is_compiling()
+        if not output_attentions and not (cpu_dropout and self.config._attn_implementation == "sdpa"):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
@@ -81,7 +163,7 @@ class LtgGptAttention(nn.Module):
             key,
             value,
             attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
+            dropout=attention_dropout,
             scaling=self.scaling,
             **kwargs,
         )
@@ -95,7 +177,7 @@ class LtgGptMLP(nn.Module):
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.activation]
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states):
         return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
@@ -165,7 +247,7 @@ class LtgGptModel(LtgGptPreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.drop = nn.Dropout(config.embedding_dropout)
+        self.drop = Dropout(config.embedding_dropout)
         self.h = nn.ModuleList(LtgGptBlock(config, i) for i in range(config.num_hidden_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -282,6 +364,16 @@ class LtgGptModel(LtgGptPreTrainedModel):
 
 
 class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
+    """GPT with its language-modelling head.
+
+    Training-only shortcut: in training mode (`model.train()`), a forward with `labels` returns
+    the loss but `logits=None`. The loss then comes from the hidden states in chunks of rows
+    (`ChunkedLinearCrossEntropy`), so the (batch, length, vocabulary) fp32 logits, their
+    log-softmax and their gradient are never materialised (600 MB for GPT-2 small at 4 x 256
+    tokens). In evaluation mode (the Trainer's `evaluate`/`predict` switch to it), without
+    `labels`, or with an adapter on `lm_head`, logits are computed and returned as usual.
+    """
+
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config: LtgGptConfig):
@@ -325,20 +417,22 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-            hidden_states = hidden_states[:, keep]
+        if labels is not None and self._loss_without_logits(logits_to_keep):
+            logits, loss = None, self._chunked_loss(hidden_states, labels, **kwargs)
         else:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+            if isinstance(logits_to_keep, int):
+                keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+                hidden_states = hidden_states[:, keep]
+            else:
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = self.lm_head(hidden_states)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
 
         if not return_dict:
             rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
+            return tuple(v for v in (loss, logits) if v is not None) + rest
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -346,6 +440,33 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def _loss_without_logits(self, logits_to_keep):
+        """Training on labels with a plain LM head (not wrapped by an adapter or an offloading hook)."""
+        head = self.lm_head
+        return (
+            self.training
+            and isinstance(logits_to_keep, int)
+            and logits_to_keep == 0
+            and type(head) is nn.Linear
+            and head.bias is None
+            and not (head._forward_hooks or head._forward_pre_hooks or "forward" in head.__dict__)
+        )
+
+    def _chunked_loss(self, hidden_states, labels, num_items_in_batch=None, shift_labels=None, **kwargs):
+        """The causal-LM loss of `self.loss_function`, from hidden states (B, T, D) in chunks of rows."""
+        if shift_labels is None:
+            shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # tokens < n predict n
+        targets = shift_labels.reshape(-1).to(hidden_states.device)
+        hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+        divisor = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        if torch.is_tensor(divisor):
+            divisor = divisor.to(hidden.device)
+        # about 64 MB of fp32 logits per chunk, equal chunks
+        chunks = max(1, math.ceil(hidden.shape[0] * self.config.vocab_size / 2**24))
+        chunk = math.ceil(hidden.shape[0] / chunks)
+        need_grads = torch.is_grad_enabled() and (hidden.requires_grad or self.lm_head.weight.requires_grad)
+        return ChunkedLinearCrossEntropy.apply(hidden, self.lm_head.weight, targets, divisor, chunk, need_grads)
 
 
 class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
@@ -443,7 +564,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
         self.num_labels = config.num_labels
         self.transformer = LtgGptModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
