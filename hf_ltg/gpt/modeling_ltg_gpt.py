@@ -59,16 +59,14 @@ class Dropout(nn.Dropout):
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Reference attention. query (B, nh, T, hs), key/value (B, nh, S, hs) -> (B, T, nh, hs)."""
     weights = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, nh, T, S); scaling q is the smaller pass
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
-        else:
-            weights = weights + attention_mask
-    elif query.shape[2] > 1:
-        causal = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
-        causal = causal.tril(key.shape[2] - query.shape[2])
-        weights = weights.masked_fill(~causal, torch.finfo(weights.dtype).min)
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if attention_mask is None and query.shape[2] > 1:
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
+        attention_mask = attention_mask.tril(key.shape[2] - query.shape[2])
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        weights = weights.masked_fill_(~attention_mask, torch.finfo(weights.dtype).min)
+    elif attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1)  # low-precision inputs are accumulated in fp32 anyway
     weights = fast_dropout(weights, dropout, module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
@@ -95,20 +93,26 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             targets = targets.clamp(min=0)[:, None]  # ignored rows have scale 0
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(h) if need_grads else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grads else None
+            grad_w = None
             for start in range(0, h.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                logits = (h[rows] @ w.t()).float()  # (n, V)
-                lse = logits.logsumexp(-1, keepdim=True)
-                loss += ((lse - logits.gather(1, targets[rows])).squeeze(1) * scale[rows]).sum()
-                if need_grads:
-                    probs = logits.sub_(lse).exp_().scatter_add_(1, targets[rows], torch.full_like(lse, -1.0))
-                    probs = probs.mul_(scale[rows, None]).to(compute)  # d loss / d logits
-                    grad_h[rows] = probs @ w
-                    if compute == torch.float32:
-                        grad_w.addmm_(probs.t(), h[rows])
-                    else:
-                        grad_w += probs.t() @ h[rows]
+                logits = (h[rows] @ w.t()).float()  # (n, V), updated in place from here on
+                top = logits.amax(-1, keepdim=True)
+                target_logits = logits.gather(1, targets[rows])
+                exp = logits.sub_(top).exp_()
+                total = exp.sum(-1, keepdim=True)
+                loss += ((total.log() + top - target_logits).squeeze(1) * scale[rows]).sum()
+                if not need_grads:
+                    continue
+                weights = scale[rows, None]
+                probs = exp.mul_(weights / total).scatter_add_(1, targets[rows], -weights).to(compute)  # d loss / d logits
+                torch.mm(probs, w, out=grad_h[rows])
+                if grad_w is None:
+                    grad_w = (probs.t() @ h[rows]).float()  # (V, D)
+                elif compute == torch.float32:
+                    grad_w.addmm_(probs.t(), h[rows])
+                else:
+                    grad_w += probs.t() @ h[rows]
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
         return loss
@@ -116,6 +120,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
+        if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and grad_loss.item() == 1.0:
+            return grad_h.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None, None, None, None  # saves a pass
         return (
             (grad_h * grad_loss).to(ctx.dtypes[0]),
             (grad_w * grad_loss).to(ctx.dtypes[1]),
@@ -175,7 +181,9 @@ class LtgGptMLP(nn.Module):
     def __init__(self, config: LtgGptConfig):
         super().__init__()
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.activation]
+        # GPT-2's "gelu_new" is the tanh approximation of GELU: the fused kernel computes the same
+        # function in one pass (transformers' NewGELUActivation takes eight, and saves their outputs).
+        self.act = ACT2FN["gelu_pytorch_tanh" if config.activation == "gelu_new" else config.activation]
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = Dropout(config.hidden_dropout)
 
