@@ -1,0 +1,100 @@
+"""The fast paths of LtgGptForCausalLM compute what the plain paths compute.
+
+Training with labels skips the full logits (chunked cross-entropy); CPU dropout draws 16-bit
+random numbers. Both are checked against references written here or transformers' GPT-2.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gpt_utils import VOCAB, randomize_, tiny_gpt2_config
+from transformers import GPT2LMHeadModel
+
+from hf_ltg.conversion.gpt2 import _strip_prefix, config_from_gpt2, gpt2_to_ltg_state_dict
+from hf_ltg.gpt import LtgGptForCausalLM
+from hf_ltg.gpt.modeling_ltg_gpt import ChunkedLinearCrossEntropy, fast_dropout
+
+
+def pair_without_dropout():
+    """transformers' GPT2LMHeadModel and ours with the same weights, dropout off."""
+    torch.manual_seed(0)
+    reference = randomize_(GPT2LMHeadModel(tiny_gpt2_config()))
+    ours = LtgGptForCausalLM(config_from_gpt2(reference.config.to_dict()))
+    gpt2 = _strip_prefix(reference.state_dict())
+    mapped, _ = gpt2_to_ltg_state_dict(gpt2, reference.config.n_layer)
+    ours.load_state_dict(mapped, strict=False)
+    return reference, ours
+
+
+def labels_with_ignored(ids):
+    labels = ids.clone()
+    labels[0, :4] = -100
+    return labels
+
+
+def test_training_loss_and_gradients_match_transformers_gpt2():
+    reference, ours = pair_without_dropout()
+    ids = torch.randint(0, VOCAB, (3, 24))
+    labels = labels_with_ignored(ids)
+    want = reference.train()(ids, labels=labels).loss
+    want.backward()
+    got = ours.train()(ids, labels=labels)
+    got.loss.backward()
+    assert got.logits is None
+    assert torch.allclose(got.loss, want, atol=1e-5)
+    assert torch.allclose(ours.lm_head.weight.grad, reference.lm_head.weight.grad, atol=1e-5)
+    assert torch.allclose(ours.transformer.h[0].attn.qkv_proj.weight.grad,
+                          reference.transformer.h[0].attn.c_attn.weight.grad.t(), atol=1e-5)
+
+
+def test_training_loss_divides_by_num_items_in_batch_like_transformers():
+    reference, ours = pair_without_dropout()
+    ids = torch.randint(0, VOCAB, (2, 16))
+    count = torch.tensor(40)
+    want = reference.train()(ids, labels=ids, num_items_in_batch=count).loss
+    got = ours.train()(ids, labels=ids, num_items_in_batch=count).loss
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_eval_mode_and_a_hooked_head_still_return_logits_with_the_loss():
+    _, ours = pair_without_dropout()
+    ids = torch.randint(0, VOCAB, (2, 10))
+    evaluated = ours.eval()(ids, labels=ids)
+    assert evaluated.logits.shape == (2, 10, VOCAB)
+    ours.train().lm_head.register_forward_hook(lambda module, args, output: None)
+    hooked = ours(ids, labels=ids)
+    assert hooked.logits.shape == (2, 10, VOCAB)
+    assert torch.allclose(hooked.loss, evaluated.loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_matches_full_logits_over_several_chunks(dtype):
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    targets[::5] = -100
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        want = F.cross_entropy((hidden @ weight.t()).float(), targets)
+        divisor = (targets != -100).sum()
+        got = ChunkedLinearCrossEntropy.apply(hidden, weight, targets, divisor, 8, True)  # 5 chunks
+    want_grads = torch.autograd.grad(want, (hidden, weight))
+    got_grads = torch.autograd.grad(got * 3.0, (hidden, weight))  # a non-unit upstream gradient
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(got, want, atol=tolerance)
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == torch.float32
+        assert torch.allclose(g, 3.0 * w, atol=tolerance * 3, rtol=tolerance)
+
+
+def test_fast_dropout_drops_p_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    x = torch.ones(400_000, requires_grad=True)
+    y = fast_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 3e-3  # about 6 standard deviations
+    assert abs(y.mean().item() - 1.0) < 5e-3
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient: the same mask and scale
+    assert fast_dropout(x, 0.1, training=False) is x
+    assert fast_dropout(x, 0.0) is x
