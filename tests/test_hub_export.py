@@ -198,3 +198,15 @@ def test_export_refuses_models_that_are_not_hf_ltg_and_folders_without_a_tokeniz
     with pytest.raises(FileNotFoundError, match="holds no model"):
         export_checkpoint(tmp_path / "tok", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_export_of_an_int8_checkpoint_says_so_and_counts_the_int8_weights(tmp_path, tiny_tokenizer):
+    model = save_tiny_gpt(tmp_path / "ckpt", tiny_tokenizer)
+    assert main(["quantize", str(tmp_path / "ckpt"), str(tmp_path / "int8")]) == 0
+
+    export_checkpoint(tmp_path / "int8", tmp_path / "out")
+
+    _, text = card_metadata(tmp_path / "out")
+    assert "| weights | int8, scheme `absmax` (8 linear layers" in text
+    assert f"| parameters | {sum(p.numel() for p in model.parameters()):,}" in text
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["quantization"]["scheme"] == "absmax"

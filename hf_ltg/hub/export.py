@@ -218,7 +218,10 @@ def _describe(source: Source, src: Path) -> str:
 
 
 def _count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters, plus the weights that quantized layers keep as integer buffers."""
+    quantized = sum(b.numel() for name, b in model.named_buffers()
+                    if name.endswith(".weight") and not b.is_floating_point())
+    return sum(p.numel() for p in model.parameters()) + quantized
 
 
 def _count_safetensors(folder: Path) -> int:

@@ -129,6 +129,10 @@ def _architecture(config, info: CardInfo) -> str:
             break
     if getattr(config, "tie_word_embeddings", None) is not None:
         rows.append(("tied input/output embeddings", "yes" if config.tie_word_embeddings else "no"))
+    quantization = getattr(config, "quantization", None)
+    if isinstance(quantization, dict):
+        rows.append(("weights", f"int8, scheme `{quantization.get('scheme')}` ({len(quantization.get('modules', []))} "
+                                "linear layers; the rest floating point)"))
     if info.tokenizer_size is not None:
         rows.append(("tokenizer size", f"{info.tokenizer_size:,}"))
     labels = getattr(config, "id2label", None) or {}
