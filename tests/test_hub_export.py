@@ -210,3 +210,22 @@ def test_export_of_an_int8_checkpoint_says_so_and_counts_the_int8_weights(tmp_pa
     assert "| weights | int8, scheme `absmax` (8 linear layers" in text
     assert f"| parameters | {sum(p.numel() for p in model.parameters()):,}" in text
     assert json.loads((tmp_path / "out" / "config.json").read_text())["quantization"]["scheme"] == "absmax"
+
+
+def test_export_reads_the_training_record_from_training_dir_when_it_is_not_beside_the_model(
+        tmp_path, tiny_tokenizer):
+    from hf_ltg.checkpoint import save_checkpoint
+
+    model = tiny_gpt(tiny_tokenizer)
+    model.train()
+    _train_with_stock_trainer(model, tiny_tokenizer, tmp_path / "run")  # as hf-ltg pretrain's --work-dir
+    save_checkpoint(model, tmp_path / "final", tokenizer=tiny_tokenizer)  # as its --output
+
+    export_checkpoint(tmp_path / "final", tmp_path / "without")
+    assert main(["export", str(tmp_path / "final"), str(tmp_path / "with"),
+                 "--training-dir", str(tmp_path / "run")]) == 0
+
+    assert "No training record" in card_metadata(tmp_path / "without")[1]
+    assert "| optimizer steps | 4 |" in card_metadata(tmp_path / "with")[1]
+    with pytest.raises(FileNotFoundError, match="--training-dir .* is not a folder"):
+        export_checkpoint(tmp_path / "final", tmp_path / "x", training_dir=tmp_path / "nowhere")

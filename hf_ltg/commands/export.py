@@ -20,6 +20,9 @@ def add_parser(subparsers):
     parser.add_argument("--max-shard-size", default="2GB",
                         help="largest safetensors file before the weights are sharded with an index (default 2GB)")
     parser.add_argument("--tokenizer", help="folder to take the tokenizer from when SRC has none")
+    parser.add_argument("--training-dir",
+                        help="Trainer output folder holding trainer_state.json when it is not beside SRC "
+                        "(hf-ltg's training commands keep it in their --work-dir, runs/<name> by default)")
     parser.add_argument("--name", help="model name in the card (default: the name of OUT)")
     parser.add_argument("--license", help="license id for the card metadata, e.g. apache-2.0")
     parser.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from")
@@ -33,7 +36,8 @@ def run(args) -> int:
     from ..hub import export_checkpoint, export_native
 
     common = dict(tokenizer=args.tokenizer, license=args.license, base_model=args.base_model,
-                  datasets=args.datasets, language=args.language, name=args.name, merge=args.merge)
+                  datasets=args.datasets, language=args.language, name=args.name, merge=args.merge,
+                  training_dir=args.training_dir)
     if args.native:
         out = export_native(args.src, args.out, **common)
     else:

@@ -32,20 +32,23 @@ PEFT_TASKS = {
 def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
                       tokenizer=None, license: str | None = None, base_model: str | None = None,
                       datasets: list[str] | tuple = (), language: list[str] | tuple = (),
-                      name: str | None = None) -> Path:
+                      name: str | None = None, training_dir=None) -> Path:
     """Write `out`: safetensors weights (sharded above `max_shard_size`, with an index), config with
     the family's full auto_map, code, tokenizer, generation config and a model card.
 
     `src` is an hf_ltg checkpoint, a Trainer output folder (final model, else latest checkpoint-N)
     or a peft adapter folder (needs `merge=True`). `tokenizer` is a folder to take the tokenizer
-    from when the source has none. Returns `out`.
+    from when the source has none; `training_dir` a Trainer output folder to read the training
+    record from when it is not beside the model (hf-ltg's training commands keep it in
+    --work-dir). Returns `out`.
     """
     source = resolve_source(src)
     model = _load_model(source, merge)
     tokenizer_dir = _tokenizer_folder(source, tokenizer)
     family_map = _family_auto_map(model.config)
     model.config.auto_map = dict(family_map)
-    training = read_training_record(source.search_dirs, causal_lm=type(model).__name__.endswith("ForCausalLM"))
+    record_dirs = source.record_dirs(training_dir)
+    training = read_training_record(record_dirs, causal_lm=type(model).__name__.endswith("ForCausalLM"))
     base_model = base_model or _adapter_base(source)
     out = Path(out)
 
@@ -55,7 +58,7 @@ def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | in
         copy_tokenizer_files(tokenizer_dir, tmp)
         if not (tmp / "generation_config.json").is_file() and "AutoModelForCausalLM" in family_map:
             _write_generation_config(model.config, tmp)
-        figure = _copy_figure(source.search_dirs, tmp)
+        figure = _copy_figure(record_dirs, tmp)
         info = CardInfo(
             name=name or out.resolve().name, architecture=type(model).__name__,
             num_parameters=_count_parameters(model), tokenizer_size=_tokenizer_size(tmp), remote_code=True,
@@ -68,7 +71,7 @@ def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | in
 
 def export_native(src, out, *, tokenizer=None, license: str | None = None, base_model: str | None = None,
                   datasets: list[str] | tuple = (), language: list[str] | tuple = (), name: str | None = None,
-                  merge: bool = False) -> Path:
+                  merge: bool = False, training_dir=None) -> Path:
     """Write `out` as a stock `gpt2` checkpoint (GPT2LMHeadModel / GPT2ForSequenceClassification /
     GPT2ForTokenClassification) that loads without remote code, with tokenizer and model card.
 
@@ -79,6 +82,7 @@ def export_native(src, out, *, tokenizer=None, license: str | None = None, base_
     from ..conversion import convert_to_hf_gpt2
 
     source = resolve_source(src)
+    record_dirs = source.record_dirs(training_dir)
     with tempfile.TemporaryDirectory(prefix="hf-ltg-native-") as work:
         model_dir = source.model_dir
         if source.adapter is not None:
@@ -93,8 +97,8 @@ def export_native(src, out, *, tokenizer=None, license: str | None = None, base_
             copy_tokenizer_files(tokenizer_dir, tmp)
             config = AutoConfig.from_pretrained(tmp)
             architecture = config.architectures[0]
-            training = read_training_record(source.search_dirs, causal_lm=architecture.endswith("LMHeadModel"))
-            _copy_figure(source.search_dirs, tmp)
+            training = read_training_record(record_dirs, causal_lm=architecture.endswith("LMHeadModel"))
+            _copy_figure(record_dirs, tmp)
             info = CardInfo(
                 name=name or out.resolve().name, architecture=architecture,
                 num_parameters=_count_safetensors(tmp), tokenizer_size=_tokenizer_size(tmp), remote_code=False,
@@ -123,7 +127,7 @@ def _load_model(source: Source, merge: bool):
         _require_merge(source)
     from peft import PeftModel
 
-    base_dir = source.search_dirs[-1]
+    base_dir = source.base_dir
     config_dir = source.model_dir if (source.model_dir / "config.json").is_file() else base_dir
     config = AutoConfig.from_pretrained(config_dir)
     auto_name = PEFT_TASKS.get(source.adapter.get("task_type") or "")

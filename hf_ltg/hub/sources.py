@@ -25,8 +25,19 @@ class Source:
 
     model_dir: Path  # a checkpoint folder, or the adapter folder when `adapter` is set
     adapter: dict | None = None  # adapter_config.json of a peft adapter
+    base_dir: Path | None = None  # the adapter's base model folder
     search_dirs: list[Path] = field(default_factory=list)  # where to look for tokenizer and records
     note: str = ""
+
+    def record_dirs(self, training_dir=None) -> list[Path]:
+        """Where the training record may be: the source folders, then `training_dir` (a Trainer
+        output folder, e.g. the --work-dir of hf-ltg's training commands) and its checkpoints."""
+        if training_dir is None:
+            return self.search_dirs
+        training_dir = Path(training_dir)
+        if not training_dir.is_dir():
+            raise FileNotFoundError(f"--training-dir {training_dir} is not a folder; give the Trainer output folder.")
+        return [*self.search_dirs, training_dir, *_checkpoint_dirs(training_dir)[::-1]]
 
 
 def resolve_source(src) -> Source:
@@ -71,7 +82,8 @@ def _adapter_source(folder: Path, dirs: list[Path]) -> Source:
     if not base:
         raise ValueError(f"{folder}/adapter_config.json has no base_model_name_or_path; cannot find the base model.")
     base_dir = resolve_base_model(base, folder)
-    return Source(folder, adapter=adapter, search_dirs=[*dirs, base_dir], note=f"a peft adapter on {base}")
+    return Source(folder, adapter=adapter, base_dir=base_dir, search_dirs=[*dirs, base_dir],
+                  note=f"a peft adapter on {base}")
 
 
 def resolve_base_model(base: str, adapter_dir: Path) -> Path:
