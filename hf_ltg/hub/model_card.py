@@ -167,7 +167,9 @@ def _training(record: TrainingRecord, info: CardInfo) -> str:
     if len(evaluations) > 1:
         columns = [c for c in ("step", "eval_loss", "eval_perplexity", "eval_accuracy", "eval_macro_f1")
                    if any(c in row for row in evaluations)]
-        header = "| " + " | ".join(c.replace("eval_", "validation ") for c in columns) + " |"
+        names = {"step": "step", "eval_loss": "validation loss", "eval_perplexity": "validation perplexity",
+                 "eval_accuracy": "validation accuracy", "eval_macro_f1": "validation macro F1"}
+        header = "| " + " | ".join(names[c] for c in columns) + " |"
         lines = [header, "|" + "---|" * len(columns)]
         for row in evaluations:
             lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")

@@ -1,0 +1,166 @@
+"""Configuration of LTG-BERT, the Language Technology Group's masked language model.
+
+This file is copied into every checkpoint next to `modeling_ltg_bert.py`: it imports nothing
+from hf_ltg.
+"""
+
+from transformers import PretrainedConfig
+
+# How the projected relative-position table splits into its query-position and key-position
+# halves. "babylm": halves of the whole width, then heads (babylm/train/model.py, NorBERT3 and
+# later LTG models); "bnc": heads first, then halves within each head (the original BNC
+# LTG-BERT, training/model.py). Checkpoints of one layout give wrong outputs under the other.
+POSITION_LAYOUTS = ("babylm", "bnc")
+
+# Every head of the family, so that one checkpoint folder serves every Auto class whatever
+# head class saved it (transformers alone records only the saving class).
+AUTO_MAP = {
+    "AutoConfig": "configuration_ltg_bert.LtgBertConfig",
+    "AutoModel": "modeling_ltg_bert.LtgBertModel",
+    "AutoModelForMaskedLM": "modeling_ltg_bert.LtgBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_ltg_bert.LtgBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_ltg_bert.LtgBertForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_ltg_bert.LtgBertForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_ltg_bert.LtgBertForMultipleChoice",
+    "AutoModelForCausalLM": "modeling_ltg_bert.LtgBertForCausalLM",
+}
+
+# The published BabyLM sizes (ltgoslo/ltg-bert, babylm/configs); vocabulary, context and
+# position buckets are shared.
+PRESETS = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048),
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1024),
+    "xs": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=512),
+}
+
+
+class LtgBertConfig(PretrainedConfig):
+    r"""Configuration of [`LtgBertModel`] and its heads. Defaults are the BabyLM "base" model.
+
+    Args:
+        vocab_size: number of token ids.
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of encoder layers.
+        num_attention_heads: heads per attention layer; must divide `hidden_size`.
+        intermediate_size: width of the GEGLU feed-forward (its input projection is twice this).
+        max_position_embeddings: horizon M of the logarithmic relative-position buckets:
+            distances up to `position_bucket_size // 2` are exact, longer ones share
+            logarithmically wider buckets up to M - 1, and every distance >= M - 1 shares the
+            outermost bucket. There are no absolute positions, so this is not a length limit:
+            longer inputs are accepted (as the original rebuilds its table for them) and see
+            all far-away tokens in that outermost bucket.
+        position_bucket_size: b; the relative embedding table has 2b - 1 rows.
+        position_layout: `"babylm"` or `"bnc"`, see `POSITION_LAYOUTS`.
+        layer_norm_eps: epsilon of every LayerNorm.
+        hidden_dropout_prob: dropout of the embeddings and of every residual branch.
+        attention_probs_dropout_prob: dropout of the attention probabilities and of the
+            relative embedding before its projection.
+        classifier_dropout: dropout inside the task heads; `None` means `hidden_dropout_prob`.
+        tie_word_embeddings: share the masked-LM / causal-LM decoder weight with the word
+            embedding (the decoder keeps its own bias).
+        use_cache: return the key/value cache by default (causal-LM head only).
+        pad_token_id, bos_token_id, eos_token_id, unk_token_id, cls_token_id, sep_token_id,
+            mask_token_id: special token ids; defaults are those of the BabyLM tokenizer.
+    """
+
+    model_type = "ltg_bert"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 16384,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 2048,
+        max_position_embeddings: int = 512,
+        position_bucket_size: int = 32,
+        position_layout: str = "babylm",
+        layer_norm_eps: float = 1e-7,
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        classifier_dropout: float | None = None,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        pad_token_id: int | None = 3,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        unk_token_id: int | None = 0,
+        cls_token_id: int | None = 1,
+        sep_token_id: int | None = 2,
+        mask_token_id: int | None = 4,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.position_bucket_size = position_bucket_size
+        self.position_layout = position_layout
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.tie_word_embeddings = tie_word_embeddings
+        self.use_cache = use_cache
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.unk_token_id = unk_token_id
+        self.cls_token_id = cls_token_id
+        self.sep_token_id = sep_token_id
+        self.mask_token_id = mask_token_id
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "position_bucket_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"LtgBertConfig.{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"LtgBertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); choose a head count that divides it."
+            )
+        if self.position_bucket_size < 4:
+            raise ValueError(
+                f"LtgBertConfig.position_bucket_size must be at least 4 (exact and logarithmic buckets), "
+                f"got {self.position_bucket_size}."
+            )
+        if self.max_position_embeddings <= self.position_bucket_size // 2 + 1:
+            raise ValueError(
+                f"LtgBertConfig.max_position_embeddings ({self.max_position_embeddings}) must exceed "
+                f"position_bucket_size // 2 + 1 ({self.position_bucket_size // 2 + 1}), the end of the exact "
+                f"buckets; the published models use 512."
+            )
+        if self.position_layout not in POSITION_LAYOUTS:
+            raise ValueError(
+                f"LtgBertConfig.position_layout {self.position_layout!r} is unknown; use one of {POSITION_LAYOUTS} "
+                f"('babylm' for BabyLM/NorBERT3-style checkpoints, 'bnc' for the original BNC LTG-BERT)."
+            )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"LtgBertConfig.{name} must be in [0, 1), got {value!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"LtgBertConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "cls_token_id",
+                     "sep_token_id", "mask_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"LtgBertConfig.{name} = {value} is outside the vocabulary [0, {self.vocab_size}); "
+                    f"set it to a valid id or None."
+                )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "LtgBertConfig":
+        """A published BabyLM size: `base`, `small` or `xs`."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})

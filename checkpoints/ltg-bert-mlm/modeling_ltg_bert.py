@@ -1,0 +1,608 @@
+"""LTG-BERT (Samuel et al., 2023): a pre-norm BERT with disentangled relative attention and GEGLU.
+
+A faithful port of the Language Technology Group's model (ltgoslo/ltg-bert), batch-first and
+with every Hugging Face head. Each layer normalises its input; there is no final LayerNorm, so
+every head normalises what it reads. Positions enter only through one shared table of
+logarithmic relative-position buckets, projected by each layer's query/key projection.
+
+This file is copied into every checkpoint: it imports only torch, transformers and its
+sibling configuration file.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_ltg_bert import LtgBertConfig
+
+
+def relative_position_buckets(query_positions, key_positions, bucket_size: int, max_position: int):
+    """Row of the relative embedding table for every (query, key) pair: [Tq, Tk] int64 in 0..2b-2.
+
+    Distances below `bucket_size // 2` are exact; longer ones fall into logarithmically wider
+    buckets, and every distance >= `max_position - 1` into the outermost one. Computed from
+    absolute positions, so it holds for any length and for queries offset by a cache.
+    """
+    relative = query_positions[:, None] - key_positions[None, :]
+    mid = bucket_size // 2
+    distance = relative.abs().clamp(max=max_position - 1)
+    # The same float32 operations as the original table, so that rounding at bucket edges agrees.
+    log_distance = torch.ceil(
+        torch.log(distance.clamp(min=mid) / mid) / math.log((max_position - 1) / mid) * (mid - 1)
+    ).long() + mid
+    bucket = torch.where(distance < mid, relative, torch.sign(relative) * log_distance)
+    return bucket + bucket_size - 1
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                            position_bias=None, **kwargs):
+    """Softmax attention; `attention_mask` is a boolean keep-mask [B, 1, Tq, Tk] (or None).
+
+    Masked keys get -inf before the softmax and exactly 0 after it, so a row with no visible key
+    (e.g. a left-padding query under a causal mask) is all zeros, as in the original.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # [B, H, Tq, Tk]
+    if position_bias is not None:
+        scores = scores + position_bias
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if attention_mask is not None:
+        probs = probs.masked_fill(~attention_mask, 0.0)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value).transpose(1, 2).contiguous()  # [B, Tq, H, hd]
+    return output, probs
+
+
+class LtgBertEmbedding(nn.Module):
+    """Word embeddings (normalised, no positions) and the normalised relative-position table."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__()
+        self.word_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.relative_embedding = nn.Parameter(torch.empty(2 * config.position_bucket_size - 1, config.hidden_size))
+        self.relative_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, inputs_embeds):
+        """`inputs_embeds` are raw word embeddings [B, T, D]; returns them normalised and the [2b-1, D] table."""
+        return self.dropout(self.word_layer_norm(inputs_embeds)), self.relative_layer_norm(self.relative_embedding)
+
+
+class LtgBertAttention(nn.Module):
+    """Pre-norm disentangled self-attention: content-content, content-position, position-content."""
+
+    def __init__(self, config: LtgBertConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = False
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.hidden_size // config.num_attention_heads
+        # Three score terms share the softmax, hence sqrt(3 * head_size).
+        self.scaling = 1.0 / math.sqrt(3 * self.head_size)
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.in_proj_qk = nn.Linear(config.hidden_size, 2 * config.hidden_size)
+        self.in_proj_v = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # One dropout for the relative table, the probabilities and the output, as in the original.
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(self, hidden_states, relative_embedding, position_buckets, attention_mask=None,
+                past_key_values: Cache | None = None, output_attentions: bool = False):
+        batch, length, _ = hidden_states.shape
+        hidden_states = self.pre_layer_norm(hidden_states)
+        query, key = self.in_proj_qk(hidden_states).chunk(2, dim=-1)
+        value = self.in_proj_v(hidden_states)
+        query, key, value = (
+            x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2) for x in (query, key, value)
+        )  # [B, H, T, hd]
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        position_bias = self._position_bias(query, key, relative_embedding, position_buckets)
+        if output_attentions:
+            attention_interface = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        output, probs = attention_interface(
+            self, query, key, value, attention_mask,
+            dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling, position_bias=position_bias, is_causal=False,
+        )
+        output = self.out_proj(output.reshape(batch, length, -1))
+        return self.dropout(self.post_layer_norm(output)), probs
+
+    def _position_bias(self, query, key, relative_embedding, position_buckets):
+        """scaling * (q_i . key_pos[d] + k_j . query_pos[d]) with d = bucket(i, j): [B, H, Tq, Tk]."""
+        table = self.in_proj_qk(self.dropout(relative_embedding))  # [2b-1, 2D]
+        rows = table.size(0)
+        if self.config.position_layout == "bnc":
+            query_pos, key_pos = table.view(rows, self.num_heads, 2 * self.head_size).chunk(2, dim=-1)
+        else:
+            query_pos, key_pos = (x.view(rows, self.num_heads, self.head_size) for x in table.chunk(2, dim=-1))
+        query_pos, key_pos = query_pos.transpose(0, 1), key_pos.transpose(0, 1)  # [H, 2b-1, hd]
+
+        batch, heads, query_length, _ = query.shape
+        key_length = key.size(2)
+        # Project onto the 2b-1 table rows once, then pick the row of each pair.
+        content_to_position = torch.matmul(query, key_pos.transpose(-1, -2))  # [B, H, Tq, 2b-1]
+        position_to_content = torch.matmul(key, query_pos.transpose(-1, -2))  # [B, H, Tk, 2b-1]
+        content_to_position = content_to_position.gather(
+            -1, position_buckets.expand(batch, heads, query_length, key_length)
+        )
+        position_to_content = position_to_content.gather(
+            -1, position_buckets.t().expand(batch, heads, key_length, query_length)
+        ).transpose(-1, -2)
+        return (content_to_position + position_to_content) * self.scaling
+
+
+class LtgBertFeedForward(nn.Module):
+    """Pre-norm GEGLU feed-forward without biases, normalised before its output projection."""
+
+    def __init__(self, config: LtgBertConfig, layer_idx: int):
+        super().__init__()
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.mid_layer_norm = nn.LayerNorm(
+            config.intermediate_size, eps=config.layer_norm_eps, elementwise_affine=False
+        )
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Read by `_init_weights`: LTG shrinks the feed-forward weights of deeper layers.
+        for linear in (self.up_proj, self.down_proj):
+            linear.init_scale = math.sqrt(1.0 / (2.0 * (layer_idx + 1)))
+
+    def forward(self, hidden_states):
+        value, gate = self.up_proj(self.pre_layer_norm(hidden_states)).chunk(2, dim=-1)
+        hidden_states = value * F.gelu(gate, approximate="tanh")
+        return self.dropout(self.down_proj(self.mid_layer_norm(hidden_states)))
+
+
+class LtgBertLayer(GradientCheckpointingLayer):
+    def __init__(self, config: LtgBertConfig, layer_idx: int):
+        super().__init__()
+        self.attention = LtgBertAttention(config, layer_idx)
+        self.mlp = LtgBertFeedForward(config, layer_idx)
+
+    def forward(self, hidden_states, relative_embedding, position_buckets, attention_mask=None,
+                past_key_values: Cache | None = None, output_attentions: bool = False):
+        attention_output, probs = self.attention(
+            hidden_states, relative_embedding, position_buckets, attention_mask,
+            past_key_values=past_key_values, output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + attention_output
+        hidden_states = hidden_states + self.mlp(hidden_states)
+        return hidden_states, probs
+
+
+class LtgBertLMHead(nn.Module):
+    """Token prediction from the last hidden state; the decoder weight is the word embedding."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__()
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        # The BNC code drops out before the second LayerNorm, the BabyLM code after it.
+        self.dropout_before_norm = config.position_layout == "bnc"
+
+    def forward(self, hidden_states):
+        hidden_states = F.gelu(self.dense(self.pre_layer_norm(hidden_states)))
+        if self.dropout_before_norm:
+            hidden_states = self.post_layer_norm(self.dropout(hidden_states))
+        else:
+            hidden_states = self.dropout(self.post_layer_norm(hidden_states))
+        return self.decoder(hidden_states)
+
+
+class LtgBertClassificationHead(nn.Module):
+    """The LM head's shape with `num_outputs` outputs: norm, dense, GELU, norm, dropout, projection."""
+
+    def __init__(self, config: LtgBertConfig, num_outputs: int):
+        super().__init__()
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(config.hidden_size, num_outputs)
+
+    def forward(self, hidden_states):
+        hidden_states = F.gelu(self.dense(self.pre_layer_norm(hidden_states)))
+        return self.out_proj(self.dropout(self.post_layer_norm(hidden_states)))
+
+
+class LtgBertPreTrainedModel(PreTrainedModel):
+    config_class = LtgBertConfig
+    base_model_prefix = "ltg_bert"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LtgBertLayer"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    # The position terms are a dense additive bias: only eager and sdpa can take it.
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """LTG's initialisation: truncated normal, std sqrt(2 / (5 * hidden)) cut at 2 std, zero biases,
+        feed-forward weights of layer i scaled by sqrt(1 / (2 * (i + 1)))."""
+        std = math.sqrt(2.0 / (5.0 * self.config.hidden_size))
+        if isinstance(module, nn.Linear):
+            # A scaled truncated normal is a truncated normal with scaled std and cut-offs.
+            scaled = std * getattr(module, "init_scale", 1.0)
+            init.trunc_normal_(module.weight, mean=0.0, std=scaled, a=-2 * scaled, b=2 * scaled)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.trunc_normal_(module.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, LtgBertEmbedding):
+            init.trunc_normal_(module.relative_embedding, mean=0.0, std=std, a=-2 * std, b=2 * std)
+
+
+class LtgBertModel(LtgBertPreTrainedModel):
+    """The encoder: last hidden state [B, T, D] (not normalised), optional cumulative hidden states."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.embedding = LtgBertEmbedding(config)
+        self.layers = nn.ModuleList([LtgBertLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embedding.word_embedding
+
+    def set_input_embeddings(self, value):
+        self.embedding.word_embedding = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        is_causal: bool = False,
+        **kwargs,
+    ):
+        r"""
+        token_type_ids: accepted for BERT-style tokenizers and ignored (LTG-BERT has no segment embeddings).
+        past_key_values: a cache of earlier keys and values; new tokens attend to them and are
+            positioned after them. Used whenever given; created only for causal use with `use_cache`.
+        is_causal: apply a causal mask (the causal-LM head sets it).
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = is_causal and (use_cache if use_cache is not None else self.config.use_cache)
+
+        inputs_embeds = self._embed(input_ids, inputs_embeds)
+        batch, length = inputs_embeds.shape[:2]
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        keep = _keep_mask(attention_mask, batch, length, past_length, is_causal, inputs_embeds.device)
+
+        positions = torch.arange(past_length + length, device=inputs_embeds.device)
+        position_buckets = relative_position_buckets(
+            positions[past_length:], positions, self.config.position_bucket_size, self.config.max_position_embeddings
+        )
+        hidden_states, relative_embedding = self.embedding(inputs_embeds)
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, probs = layer(
+                hidden_states, relative_embedding, position_buckets, attention_mask=keep,
+                past_key_values=past_key_values, output_attentions=output_attentions,
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (probs,)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _embed(self, input_ids, inputs_embeds):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(
+                "Pass exactly one of input_ids or inputs_embeds "
+                f"(got {'both' if input_ids is not None else 'neither'})."
+            )
+        if input_ids is not None:
+            if input_ids.dim() != 2 or input_ids.size(1) == 0:
+                raise ValueError(
+                    f"input_ids must have shape [batch, length] with length >= 1, got {tuple(input_ids.shape)}."
+                )
+            if input_ids.is_floating_point():
+                raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
+                    f"check that the tokenizer matches this model."
+                )
+            return self.embedding.word_embedding(input_ids)
+        if inputs_embeds.dim() != 3 or inputs_embeds.size(1) == 0 or inputs_embeds.size(2) != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must have shape [batch, length >= 1, {self.config.hidden_size}], "
+                f"got {tuple(inputs_embeds.shape)}."
+            )
+        return inputs_embeds
+
+
+def _keep_mask(attention_mask, batch: int, length: int, past_length: int, is_causal: bool, device):
+    """Boolean [B, 1, Tq, Tk] mask of the keys each query may see, or None when it sees all.
+
+    `attention_mask` follows the Hugging Face convention (1 = real token, 0 = padding) and
+    covers the cached tokens too: shape [batch, past_length + length].
+    """
+    key_length = past_length + length
+    keep = None
+    if attention_mask is not None:
+        expected = (batch, key_length)
+        if tuple(attention_mask.shape) != expected:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected} "
+                f"([batch, cached + new tokens], 1 = keep, 0 = padding)."
+            )
+        keep = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # [B, 1, 1, Tk]
+        if not is_causal and bool(keep.all()):
+            keep = None
+    if is_causal:
+        query_positions = torch.arange(past_length, key_length, device=device)
+        causal = query_positions[:, None] >= torch.arange(key_length, device=device)[None, :]  # [Tq, Tk]
+        keep = causal if keep is None else keep & causal
+    return None if keep is None else keep.expand(batch, 1, length, key_length)
+
+
+class LtgBertForMaskedLM(LtgBertPreTrainedModel):
+    _tied_weights_keys = {"lm_head.decoder.weight": "ltg_bert.embedding.word_embedding.weight"}
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.ltg_bert = LtgBertModel(config)
+        self.lm_head = LtgBertLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""labels: [B, T] token ids to predict, -100 where there is nothing to predict."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ltg_bert(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
+    """The encoder under a causal mask predicting the next token, as in LTG's GPT-BERT."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "ltg_bert.embedding.word_embedding.weight"}
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.ltg_bert = LtgBertModel(config)
+        self.lm_head = LtgBertLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                past_key_values=None, use_cache=None, labels=None, logits_to_keep: int | torch.Tensor = 0,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""
+        labels: [B, T] token ids; position t is predicted from tokens < t (the shift happens inside),
+            -100 where there is nothing to predict.
+        logits_to_keep: an int k > 0 computes logits for the last k positions only; a 1-D tensor
+            of positions computes them there.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ltg_bert(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, is_causal=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        output = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class LtgBertForSequenceClassification(LtgBertPreTrainedModel):
+    """Classification or regression from the first token's hidden state."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ltg_bert = LtgBertModel(config)
+        self.classifier = LtgBertClassificationHead(config, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                past_key_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
+        r"""labels: [B] class ids (or floats for regression / [B, num_labels] for multi-label)."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ltg_bert(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, past_key_values=past_key_values,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class LtgBertForTokenClassification(LtgBertPreTrainedModel):
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ltg_bert = LtgBertModel(config)
+        self.classifier = LtgBertClassificationHead(config, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""labels: [B, T] class ids, -100 where there is nothing to predict."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ltg_bert(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config, **kwargs)
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class LtgBertForQuestionAnswering(LtgBertPreTrainedModel):
+    """Extractive QA: a start and an end logit per token."""
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.ltg_bert = LtgBertModel(config)
+        self.qa_outputs = LtgBertClassificationHead(config, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        r"""start_positions, end_positions: [B] token indices of the answer span."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ltg_bert(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(dim=-1)  # [B, T] each
+        start_logits, end_logits = start_logits.contiguous(), end_logits.contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions, **kwargs)
+        output = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class LtgBertForMultipleChoice(LtgBertPreTrainedModel):
+    """One score per choice from each choice's first token: inputs [B, C, T], logits [B, C]."""
+
+    accepts_loss_kwargs = False  # plain mean cross-entropy; nothing to gain from num_items_in_batch
+
+    def __init__(self, config: LtgBertConfig):
+        super().__init__(config)
+        self.ltg_bert = LtgBertModel(config)
+        self.classifier = LtgBertClassificationHead(config, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        r"""input_ids / attention_mask: [B, C, T]; inputs_embeds: [B, C, T, D]; labels: [B] choice index."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        first = input_ids if input_ids is not None else inputs_embeds
+        if first is None or first.dim() != (3 if input_ids is not None else 4):
+            raise ValueError(
+                "LtgBertForMultipleChoice takes input_ids [batch, choices, length] or inputs_embeds "
+                f"[batch, choices, length, hidden], got {None if first is None else tuple(first.shape)}."
+            )
+        num_choices = first.size(1)
+        outputs = self.ltg_bert(
+            input_ids.flatten(0, 1) if input_ids is not None else None,
+            attention_mask=attention_mask.flatten(0, 1) if attention_mask is not None else None,
+            inputs_embeds=inputs_embeds.flatten(0, 1) if inputs_embeds is not None else None,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0]).view(-1, num_choices)  # [B, C]
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        output = MultipleChoiceModelOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+LtgBertConfig.register_for_auto_class()
+LtgBertModel.register_for_auto_class("AutoModel")
+LtgBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+LtgBertForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+LtgBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+LtgBertForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+LtgBertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+LtgBertForMultipleChoice.register_for_auto_class("AutoModelForMultipleChoice")

@@ -1,0 +1,143 @@
+"""Configuration of LTG GPT, a GPT-2 style decoder.
+
+This file is copied into every checkpoint next to `modeling_ltg_gpt.py`: it imports nothing
+from hf_ltg.
+"""
+
+from transformers import PretrainedConfig
+
+ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new", "gelu", "relu", "silu", "quick_gelu")
+
+# Every head of the family, so that one checkpoint folder serves every Auto class whatever
+# head class saved it (transformers alone records only the saving class).
+AUTO_MAP = {
+    "AutoConfig": "configuration_ltg_gpt.LtgGptConfig",
+    "AutoModel": "modeling_ltg_gpt.LtgGptModel",
+    "AutoModelForCausalLM": "modeling_ltg_gpt.LtgGptForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_ltg_gpt.LtgGptForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_ltg_gpt.LtgGptForTokenClassification",
+}
+
+# The published GPT-2 sizes (OpenAI, 2019); vocabulary and context are shared.
+PRESETS = {
+    "gpt2-small": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "gpt2-medium": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "gpt2-large": dict(hidden_size=1280, num_hidden_layers=36, num_attention_heads=20),
+    "gpt2-xl": dict(hidden_size=1600, num_hidden_layers=48, num_attention_heads=25),
+}
+PRESET_ALIASES = {"gpt2": "gpt2-small", "small": "gpt2-small", "medium": "gpt2-medium",
+                  "large": "gpt2-large", "xl": "gpt2-xl"}
+
+
+class LtgGptConfig(PretrainedConfig):
+    r"""Configuration of [`LtgGptModel`] and its heads.
+
+    Args:
+        vocab_size: number of token ids.
+        max_position_embeddings: longest sequence (learned absolute positions).
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of decoder blocks.
+        num_attention_heads: heads per attention layer; must divide `hidden_size`.
+        intermediate_size: width of the MLP; `None` means `4 * hidden_size`.
+        activation: MLP activation, one of `ACTIVATIONS` (transformers' names).
+        embedding_dropout, attention_dropout, hidden_dropout: dropout probabilities of the
+            embeddings, the attention probabilities and the residual branches.
+        classifier_dropout: dropout before the token-classification head; `None` means
+            `hidden_dropout`.
+        layer_norm_eps: epsilon of every LayerNorm.
+        qkv_bias: whether the fused query/key/value projection has a bias.
+        score_bias: whether the sequence-classification head `score` has a bias (GPT-2's has
+            none; classifiers converted from "GPT from scratch" models do).
+        initializer_range: standard deviation of the normal initialisation.
+        tie_word_embeddings: share the LM head with the token embedding.
+        use_cache: return the key/value cache by default.
+        bos_token_id, eos_token_id, pad_token_id: special ids, each `None` or inside the
+            vocabulary (the GPT-2 presets use 50256, `<|endoftext|>`, for bos and eos).
+    """
+
+    model_type = "ltg_gpt"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 50257,
+        max_position_embeddings: int = 1024,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int | None = None,
+        activation: str = "gelu_pytorch_tanh",
+        embedding_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        hidden_dropout: float = 0.1,
+        classifier_dropout: float | None = None,
+        layer_norm_eps: float = 1e-5,
+        qkv_bias: bool = True,
+        score_bias: bool = False,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.activation = activation
+        self.embedding_dropout = embedding_dropout
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.classifier_dropout = classifier_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.score_bias = score_bias
+        self.initializer_range = initializer_range
+        self.tie_word_embeddings = tie_word_embeddings
+        self.use_cache = use_cache
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"LtgGptConfig.{name} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"LtgGptConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); choose a head count that divides it."
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"LtgGptConfig.activation {self.activation!r} is unknown; use one of {ACTIVATIONS}.")
+        for name in ("embedding_dropout", "attention_dropout", "hidden_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"LtgGptConfig.{name} must be in [0, 1), got {value!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"LtgGptConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(
+                    f"LtgGptConfig.{name} = {value} is outside the vocabulary [0, {self.vocab_size}); "
+                    f"set it to a valid id or None."
+                )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "LtgGptConfig":
+        """A published GPT-2 size: `gpt2-small` (alias `gpt2`, `small`), `-medium`, `-large`, `-xl`."""
+        key = PRESET_ALIASES.get(name, name)
+        if key not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)} or {sorted(PRESET_ALIASES)}.")
+        gpt2_ids = dict(bos_token_id=50256, eos_token_id=50256)
+        return cls(**{**PRESETS[key], **gpt2_ids, **overrides})

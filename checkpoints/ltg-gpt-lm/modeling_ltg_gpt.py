@@ -1,0 +1,665 @@
+"""LTG GPT: a GPT-2 style decoder as a native Hugging Face model.
+
+Pre-norm blocks `x + attn(LN(x))`, `x + mlp(LN(x))`, learned absolute positions, a final
+LayerNorm and an LM head tied to the token embedding: GPT-2 exactly, with a fused q/k/v
+`nn.Linear` instead of GPT-2's transposed `Conv1D`.
+
+This file is copied into every checkpoint next to `configuration_ltg_gpt.py`: it imports only
+torch, transformers and its sibling, never hf_ltg.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+from .configuration_ltg_gpt import LtgGptConfig
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Reference attention. query (B, nh, T, hs), key/value (B, nh, S, hs) -> (B, T, nh, hs)."""
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+        else:
+            weights = weights + attention_mask
+    elif query.shape[2] > 1:
+        causal = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
+        causal = causal.tril(key.shape[2] - query.shape[2])
+        weights = weights.masked_fill(~causal, torch.finfo(weights.dtype).min)
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class LtgGptAttention(nn.Module):
+    """Causal multi-head self-attention with a fused q/k/v projection."""
+
+    def __init__(self, config: LtgGptConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = True
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.resid_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+
+        attention_interface = eager_attention_forward
+        if not output_attentions:  # only the eager path computes the weights
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = self.resid_dropout(self.out_proj(output.reshape(batch, length, width)))
+        return output, weights
+
+
+class LtgGptMLP(nn.Module):
+    def __init__(self, config: LtgGptConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.activation]
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
+
+
+class LtgGptBlock(GradientCheckpointingLayer):
+    def __init__(self, config: LtgGptConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = LtgGptAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = LtgGptMLP(config)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
+        attn_output, attn_weights = self.attn(
+            self.ln_1(hidden_states),
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_output
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, attn_weights
+
+
+class LtgGptPreTrainedModel(PreTrainedModel):
+    config_class = LtgGptConfig
+    base_model_prefix = "transformer"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LtgGptBlock"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """GPT-2 initialisation: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 * n_layer))."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        if isinstance(module, (LtgGptAttention, LtgGptMLP)):
+            projection = module.out_proj if isinstance(module, LtgGptAttention) else module.fc_out
+            if isinstance(projection, nn.Linear):  # not an int8 module (see quantize_linear_layers_)
+                init.normal_(projection.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
+
+    def post_init(self):
+        super().post_init()
+        if getattr(self.config, "quantization", None):  # an int8 checkpoint: see the section at the end
+            quantize_linear_layers_(self, self.config.quantization)
+
+
+class LtgGptModel(LtgGptPreTrainedModel):
+    """The decoder stack without a head; returns the final (normalised) hidden states."""
+
+    def __init__(self, config: LtgGptConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.embedding_dropout)
+        self.h = nn.ModuleList(LtgGptBlock(config, i) for i in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # the recomputation would write the cache twice
+
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(
+                "Pass exactly one of input_ids and inputs_embeds "
+                f"(got {'both' if input_ids is not None else 'neither'})."
+            )
+        if input_ids is not None:
+            self._check_token_ids(input_ids)
+            inputs_embeds = self.wte(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
+        self._check_positions(past_length + length)
+        if attention_mask is not None and attention_mask.ndim == 2:
+            expected = (batch, past_length + length)
+            if tuple(attention_mask.shape) != expected:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected} "
+                    f"(batch, cached + new tokens)."
+                )
+
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, D)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.h:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, weights = block(
+                hidden_states,
+                attention_mask=causal_mask,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+            if output_attentions:
+                all_attentions += (weights,)
+        hidden_states = self.ln_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        cache = past_key_values if use_cache else None
+        if not return_dict:
+            return tuple(v for v in (hidden_states, cache, all_hidden_states, all_attentions) if v is not None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=cache,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    def _check_token_ids(self, input_ids):
+        # An out-of-range id would otherwise be an opaque IndexError (or a device assert on GPU).
+        if torch.compiler.is_compiling() or input_ids.numel() == 0:
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
+                "check that the tokenizer matches the model (len(tokenizer) <= config.vocab_size)."
+            )
+
+    def _check_positions(self, total_length):
+        if total_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"The input needs {total_length} positions (cached + new tokens) but the model has "
+                f"max_position_embeddings={self.config.max_position_embeddings}; truncate the input to at most "
+                f"{self.config.max_position_embeddings} tokens or use a sliding window with a stride."
+            )
+
+
+class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: LtgGptConfig):
+        super().__init__(config)
+        self.transformer = LtgGptModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """`labels` are the input ids themselves (-100 to ignore); the loss shifts them."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+            hidden_states = hidden_states[:, keep]
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        if not return_dict:
+            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
+    """Classifies from the last real token (left or right padding), as GPT-2 does."""
+
+    def __init__(self, config: LtgGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = LtgGptModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=config.score_bias)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, T, D)
+        last = self._last_token_index(input_ids, attention_mask, hidden_states)
+        pooled_logits = self.score(hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last])
+
+        loss = None
+        if labels is not None:
+            loss = self._classification_loss(pooled_logits, labels.to(pooled_logits.device))
+        if not return_dict:
+            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (pooled_logits,) + rest
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _last_token_index(self, input_ids, attention_mask, hidden_states):
+        """Index of the rightmost real token of each row, shape (B,)."""
+        batch, length = hidden_states.shape[:2]
+        positions = torch.arange(length, device=hidden_states.device)
+        if attention_mask is not None and attention_mask.ndim == 2:
+            keep = attention_mask[:, -length:].to(hidden_states.device).bool()
+            return (positions * keep).argmax(-1)
+        if self.config.pad_token_id is None or input_ids is None:
+            if batch == 1:
+                return torch.full((1,), length - 1, device=hidden_states.device)
+            raise ValueError(
+                f"Sequence classification of a batch of {batch} needs to know where each row ends: pass an "
+                "attention_mask, or set config.pad_token_id to the tokenizer's pad id (and pass input_ids)."
+            )
+        keep = (input_ids != self.config.pad_token_id).to(hidden_states.device)
+        return (positions * keep).argmax(-1)
+
+    def _classification_loss(self, logits, labels):
+        """Regression, single-label or multi-label loss, chosen as transformers does."""
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class LtgGptForTokenClassification(LtgGptPreTrainedModel):
+    def __init__(self, config: LtgGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = LtgGptModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config, **kwargs)
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+# `save_pretrained` of any class copies this file and its sibling; the config's default
+# auto_map already names every head.
+LtgGptConfig.register_for_auto_class()
+LtgGptModel.register_for_auto_class("AutoModel")
+LtgGptForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+LtgGptForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+LtgGptForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+
+
+# ---------------------------------------------------------------------------------------------
+# Int8 inference (hf_ltg.quantization builds on this section; it lives here so that a quantized
+# checkpoint loads with trust_remote_code and nothing else).
+#
+# Weights are quantized per output channel (one scale, and for "zeropoint" one zero point, per
+# row of the [out, in] matrix); activations are quantized per row (per token) at run time and
+# multiplied in int8 with int32 accumulation (torch._int_mm: AVX-512 VNNI / AMX on x86 CPUs),
+# falling back to a float matmul of the same integers where no int8 kernel exists.
+# "llm-int8" (Dettmers et al., 2022) takes the activation columns holding a value with
+# |x| >= threshold out of the int8 product and multiplies them in the activation dtype with the
+# dequantized weight columns. `config.quantization` records the scheme and the quantized module
+# names; `post_init` rebuilds those modules, so `from_pretrained` loads int8 weights directly.
+# ---------------------------------------------------------------------------------------------
+
+QUANTIZATION_SCHEMES = ("absmax", "zeropoint", "llm-int8")
+
+
+def quantize_absmax(tensor: torch.Tensor):
+    """Symmetric int8 per row (last dim): scale = max|t| / 127, q = clamp(round(t / scale), -127, 127).
+
+    Returns (q int8, scale float32 of shape tensor.shape[:-1]); t ~= q * scale.
+    """
+    tensor = tensor.float()
+    scale = tensor.abs().amax(dim=-1, keepdim=True) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays exactly zero
+    q = torch.round(tensor / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale.squeeze(-1)
+
+
+def quantize_zeropoint(tensor: torch.Tensor):
+    """Asymmetric int8 per row (last dim): scale = (max - min) / 255, zero_point = round(-128 - min / scale),
+    q = clamp(round(t / scale) + zero_point, -128, 127).
+
+    The range is widened to contain 0 (as PyTorch's observers do), so zero is exact and the zero
+    point fits in int8. Returns (q int8, scale float32, zero_point int8); t ~= (q - zero_point) * scale.
+    """
+    tensor = tensor.float()
+    low = tensor.amin(dim=-1, keepdim=True).clamp(max=0)
+    high = tensor.amax(dim=-1, keepdim=True).clamp(min=0)
+    scale = (high - low) / 255
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero_point = torch.round(-128 - low / scale).clamp_(-128, 127)
+    q = (torch.round(tensor / scale) + zero_point).clamp_(-128, 127).to(torch.int8)
+    return q, scale.squeeze(-1), zero_point.squeeze(-1).to(torch.int8)
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (M, K) int8 @ b (N, K) int8 transposed -> (M, N) int32, in int8 where torch has a kernel."""
+    if a.shape[0] > 0:
+        try:
+            return torch._int_mm(a, b.t())
+        except (RuntimeError, AttributeError, NotImplementedError):
+            pass  # no int8 kernel for this device or shape (e.g. CUDA needs M > 16)
+    return (a.float() @ b.float().t()).round_().to(torch.int32)
+
+
+class LtgGptInt8Linear(nn.Module):
+    """An `nn.Linear` with int8 weights (per-output-channel scales, optional zero points).
+
+    State: `weight` int8 [out, in], `weight_scale` float32 [out], `weight_zero_point` int8 [out]
+    ("zeropoint" only), `bias` in the model dtype. `forward` quantizes the input rows the same way
+    as the weights ("llm-int8" uses absmax and keeps outlier columns in floating point).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, scheme="absmax", threshold=6.0, device=None, dtype=None):
+        super().__init__()
+        if scheme not in QUANTIZATION_SCHEMES:
+            raise ValueError(f"Unknown quantization scheme {scheme!r}; choose one of {QUANTIZATION_SCHEMES}.")
+        if scheme == "llm-int8" and not (threshold is not None and threshold > 0):
+            raise ValueError(
+                f"The llm-int8 outlier threshold must be a positive number, got {threshold!r}; "
+                "the default 6.0 is the LLM.int8() paper's value."
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.scheme, self.threshold = scheme, float(threshold) if threshold is not None else None
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        if scheme == "zeropoint":
+            self.register_buffer("weight_zero_point", torch.zeros(out_features, dtype=torch.int8, device=device))
+        else:
+            self.register_buffer("weight_zero_point", None)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme="absmax", threshold=6.0):
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, threshold,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            if scheme == "zeropoint":
+                q, scale, zero_point = quantize_zeropoint(linear.weight)
+                module.weight_zero_point.copy_(zero_point)
+            else:
+                q, scale = quantize_absmax(linear.weight)
+            module.weight.copy_(q)
+            module.weight_scale.copy_(scale)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias)
+        return module
+
+    def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
+        q = self.weight.to(torch.float32)
+        if self.weight_zero_point is not None:
+            q = q - self.weight_zero_point.to(torch.float32)[:, None]
+        return (q * self.weight_scale.float()[:, None]).to(dtype)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape, dtype = hidden_states.shape, hidden_states.dtype
+        x = hidden_states.reshape(-1, self.in_features)  # (M, K)
+        if self.scheme == "zeropoint":
+            out = self._zeropoint_matmul(x)
+        elif self.scheme == "llm-int8":
+            outliers = (x.abs() >= self.threshold).any(dim=0)  # (K,) feature columns kept in floating point
+            if bool(outliers.any()):
+                columns = outliers.nonzero().squeeze(1)
+                weight_columns = self.weight[:, columns].to(dtype) * self.weight_scale.to(dtype)[:, None]
+                out = self._absmax_matmul(x.masked_fill(outliers, 0)) + (x[:, columns] @ weight_columns.t()).float()
+            else:
+                out = self._absmax_matmul(x)
+        else:
+            out = self._absmax_matmul(x)
+        out = out.to(dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+    def _absmax_matmul(self, x):
+        xq, x_scale = quantize_absmax(x)
+        return int8_matmul(xq, self.weight).float() * (x_scale[:, None] * self.weight_scale.float()[None])
+
+    def _zeropoint_matmul(self, x):
+        # x ~= sx (xq - zx), w ~= sw (q - zw):  x.w = sx sw (xq.q - zx sum(q) - zw sum(xq) + K zx zw), exact in int32
+        xq, x_scale, x_zero = quantize_zeropoint(x)
+        x_zero, w_zero = x_zero.to(torch.int32)[:, None], self.weight_zero_point.to(torch.int32)[None]
+        acc = int8_matmul(xq, self.weight)
+        acc = acc - x_zero * self.weight.sum(dim=1, dtype=torch.int32)[None]
+        acc = acc - w_zero * xq.sum(dim=1, dtype=torch.int32)[:, None] + self.in_features * x_zero * w_zero
+        return acc.float() * (x_scale[:, None] * self.weight_scale.float()[None])
+
+    def extra_repr(self):
+        threshold = f", threshold={self.threshold}" if self.scheme == "llm-int8" else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, scheme={self.scheme}{threshold}")
+
+
+def _quantization_prefix(model) -> str:
+    # `modules` holds names as in the saved model; a bare LtgGptModel loading a head checkpoint
+    # sees its own modules under the base prefix ("transformer.").
+    prefix = model.base_model_prefix
+    return "" if hasattr(model, prefix) else f"{prefix}."
+
+
+def quantize_linear_layers_(model, quantization: dict) -> list[str]:
+    """Replace, in place, each `nn.Linear` of `model` named in `quantization["modules"]` by an
+    `LtgGptInt8Linear`; returns the replaced names. Real weights are quantized; weights on the meta
+    device (`from_pretrained`) give empty int8 modules that the checkpoint then fills.
+    """
+    scheme, threshold = quantization.get("scheme"), quantization.get("threshold", 6.0)
+    wanted = set(quantization.get("modules", ()))
+    prefix = _quantization_prefix(model)
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or f"{prefix}{name}" not in wanted:
+            continue
+        if module.weight.is_meta:
+            new = LtgGptInt8Linear(module.in_features, module.out_features, module.bias is not None, scheme,
+                                   threshold, device="meta", dtype=module.weight.dtype)
+        else:
+            new = LtgGptInt8Linear.from_linear(module, scheme, threshold)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        replaced.append(f"{prefix}{name}")
+    return replaced
