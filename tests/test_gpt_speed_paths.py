@@ -98,3 +98,17 @@ def test_fast_dropout_drops_p_and_keeps_the_expectation():
     assert torch.equal(x.grad, y.detach())  # gradient: the same mask and scale
     assert fast_dropout(x, 0.1, training=False) is x
     assert fast_dropout(x, 0.0) is x
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_generate_with_static_cache_matches_dynamic_cache(padded):
+    _, ours = pair_without_dropout()
+    ours.eval()
+    ids = torch.randint(0, VOCAB - 1, (2, 10))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :3] = 0
+    settings = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, attention_mask=mask, pad_token_id=VOCAB - 1)
+    dynamic = ours.generate(ids, **settings)
+    static = ours.generate(ids, cache_implementation="static", **settings)
+    assert torch.equal(static, dynamic)
