@@ -251,7 +251,8 @@ class Table:
     def print(self):
         header = ("measurement", "ours", "hf eager", "hf sdpa", "unit", "ours/hf best", "eff ours", "eff hf best",
                   "note")
-        rows = [header] + [(w, fmt(o), fmt(e), fmt(s), u, f"{fmt(r, 2)}x" if r is not None else "-", eo, eh, n)
+        rows = [header] + [(w, fmt(o), fmt(e), fmt(s), u, f"{fmt(r, 2)}x" if r is not None else "-",
+                            eo() if callable(eo) else eo, eh() if callable(eh) else eh, n)
                            for w, o, e, s, u, r, eo, eh, n in self.rows]
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
         line = "+".join("-" * (w + 2) for w in widths)
@@ -316,29 +317,34 @@ def main(argv=None):
     print(f"bench_gpt: size {args.size}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {args.batch} x {args.seq}, load average {load_average()}", flush=True)
 
-    # ceilings ---------------------------------------------------------------
-    n = 512 if args.quick else 2048
-    seconds = 0.3 if args.quick else 3.0
-    peaks = {}
-    if "ceilings" not in skip:
-        peaks["fp32"] = matmul_peak(torch.float32, device, n, seconds)
-        peaks["bf16"] = matmul_peak(torch.bfloat16, device, n, seconds)
-        bandwidth = copy_bandwidth(device, 64 if args.quick else 512, seconds)
-        print(f"ceilings: fp32 matmul {peaks['fp32']:.0f} GFLOP/s, bf16 matmul {peaks['bf16']:.0f} GFLOP/s, "
-              f"copy {bandwidth:.1f} GB/s", flush=True)
-    else:
-        bandwidth = None
+    # ceilings: measured at the start and again at the end, keeping the best (the load varies)
+    ceilings = {}
+
+    def measure_ceilings():
+        if "ceilings" in skip:
+            return
+        n, seconds = (512, 0.3) if args.quick else (2048, 3.0)
+        found = dict(fp32=matmul_peak(torch.float32, device, n, seconds),
+                     bf16=matmul_peak(torch.bfloat16, device, n, seconds),
+                     copy=copy_bandwidth(device, 64 if args.quick else 512, seconds))
+        for key, value in found.items():
+            ceilings[key] = max(value, ceilings.get(key, 0.0))
+        print(f"ceilings now: fp32 matmul {found['fp32']:.0f} GFLOP/s, bf16 matmul {found['bf16']:.0f} GFLOP/s, "
+              f"copy {found['copy']:.1f} GB/s (load average {load_average()})", flush=True)
+
+    def train_efficiency(tok_s, flops_per_token, dtype):
+        return lambda: pct(tok_s * flops_per_token / 1e9 / ceilings[dtype]) if dtype in ceilings else ""
+
+    def decode_efficiency(tok_s, batch, nbytes):
+        return lambda: pct(tok_s / (batch * ceilings["copy"] * 1e9 / nbytes)) if "copy" in ceilings else ""
+
+    measure_ceilings()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         build_checkpoints(args.size, folder)
         names = ["ours", "hf-eager", "hf-sdpa"]
         tokens = args.batch * args.seq
-
-        def efficiency(tok_s, model, dtype):
-            if dtype not in peaks:
-                return ""
-            return pct(tok_s * training_flops_per_token(model, args.seq) / 1e9 / peaks[dtype])
 
         # training, eager mode -------------------------------------------------
         best_hf_attn = {}
@@ -349,36 +355,45 @@ def main(argv=None):
                 steps = {name: TrainingStep(m, args.batch, args.seq, device, autocast) for name, m in models.items()}
                 secs = alternate(steps, args.warmup, args.repeats, device)
                 tok_s = {name: tokens / s for name, s in secs.items()}
+                flops = training_flops_per_token(models["ours"], args.seq)
                 best_hf_attn[dtype] = max(("hf-eager", "hf-sdpa"), key=tok_s.get)
                 table.add(f"train step {dtype}{' autocast' if autocast else ''}", tok_s["ours"],
                           tok_s["hf-eager"], tok_s["hf-sdpa"], "tok/s",
-                          eff_ours=efficiency(tok_s["ours"], models["ours"], dtype),
-                          eff_hf=efficiency(tok_s[best_hf_attn[dtype]], models["ours"], dtype))
+                          eff_ours=train_efficiency(tok_s["ours"], flops, dtype),
+                          eff_hf=train_efficiency(tok_s[best_hf_attn[dtype]], flops, dtype))
                 del models, steps
                 gc.collect()
 
         # training, compiled -----------------------------------------------------
+        def compiled_training(dtype):
+            hf_name = best_hf_attn.get(dtype, "hf-sdpa")
+            models = {"ours": load_model("ours", folder, device), hf_name: load_model(hf_name, folder, device)}
+            autocast = DTYPES[dtype] if dtype != "fp32" else None
+            compile_start = time.perf_counter()
+            steps = {"ours": TrainingStep(models["ours"], args.batch, args.seq, device, autocast,
+                                          compile_kwargs=dict(fullgraph=True)),
+                     hf_name: TrainingStep(models[hf_name], args.batch, args.seq, device, autocast,
+                                           compile_kwargs={})}
+            for step in steps.values():  # compile outside the timed loop
+                step()
+            print(f"  compiled both ({dtype}) in {time.perf_counter() - compile_start:.0f} s", flush=True)
+            secs = alternate(steps, args.warmup, args.repeats, device)
+            tok_s = {name: tokens / s for name, s in secs.items()}
+            flops = training_flops_per_token(models["ours"], args.seq)
+            table.add(f"train step {dtype} compiled", tok_s["ours"], tok_s.get("hf-eager"),
+                      tok_s.get("hf-sdpa"), "tok/s", ratio=tok_s["ours"] / tok_s[hf_name],
+                      eff_ours=train_efficiency(tok_s["ours"], flops, dtype),
+                      eff_hf=train_efficiency(tok_s[hf_name], flops, dtype),
+                      note=f"ours fullgraph=True; hf {hf_name[3:]} (faster eager-mode attention)")
+            del models, steps
+
         if "compile" not in skip:
             for dtype in filter(None, args.compile_dtypes.split(",")):
-                hf_name = best_hf_attn.get(dtype, "hf-sdpa")
-                models = {"ours": load_model("ours", folder, device), hf_name: load_model(hf_name, folder, device)}
-                autocast = DTYPES[dtype] if dtype != "fp32" else None
-                compile_start = time.perf_counter()
-                steps = {"ours": TrainingStep(models["ours"], args.batch, args.seq, device, autocast,
-                                              compile_kwargs=dict(fullgraph=True)),
-                         hf_name: TrainingStep(models[hf_name], args.batch, args.seq, device, autocast,
-                                               compile_kwargs={})}
-                for step in steps.values():  # compile outside the timed loop
-                    step()
-                print(f"  compiled both ({dtype}) in {time.perf_counter() - compile_start:.0f} s", flush=True)
-                secs = alternate(steps, args.warmup, args.repeats, device)
-                tok_s = {name: tokens / s for name, s in secs.items()}
-                table.add(f"train step {dtype} compiled", tok_s["ours"], tok_s.get("hf-eager"),
-                          tok_s.get("hf-sdpa"), "tok/s", ratio=tok_s["ours"] / tok_s[hf_name],
-                          eff_ours=efficiency(tok_s["ours"], models["ours"], dtype),
-                          eff_hf=efficiency(tok_s[hf_name], models["ours"], dtype),
-                          note=f"ours fullgraph=True; hf {hf_name[3:]} (faster eager-mode attention)")
-                del models, steps
+                try:
+                    compiled_training(dtype)
+                except Exception as error:  # report it in the table and go on with the other sections
+                    table.add(f"train step {dtype} compiled", "failed", None, None, "", ratio=None,
+                              note=f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
                 torch._dynamo.reset()
                 gc.collect()
 
@@ -391,14 +406,12 @@ def main(argv=None):
                             for name, m in models.items()}
                     secs = alternate(runs, 1, args.repeats, device)
                     tok_s = {name: batch * args.new_tokens / s for name, s in secs.items()}
-                    eff_ours = eff_hf = ""
-                    if bandwidth:
-                        bound = batch * bandwidth * 1e9 / weight_bytes(models["ours"])
-                        best = max(tok_s["hf-eager"], tok_s["hf-sdpa"])
-                        eff_ours, eff_hf = pct(tok_s["ours"] / bound), pct(best / bound)
+                    nbytes = weight_bytes(models["ours"])
+                    best = max(tok_s["hf-eager"], tok_s["hf-sdpa"])
                     table.add(f"generate b{batch} {dtype}", tok_s["ours"], tok_s["hf-eager"], tok_s["hf-sdpa"],
-                              "tok/s", eff_ours=eff_ours, eff_hf=eff_hf,
-                              note="eff = of the memory-bandwidth bound" if bandwidth else "")
+                              "tok/s", eff_ours=decode_efficiency(tok_s["ours"], batch, nbytes),
+                              eff_hf=decode_efficiency(best, batch, nbytes),
+                              note="eff = of the memory-bandwidth bound (batch x copy GB/s / weight bytes)")
                 if "static" not in skip:
                     run = generate_fn(models["ours"], 1, args.prompt, args.new_tokens, device,
                                       cache_implementation="static")
@@ -436,11 +449,12 @@ def main(argv=None):
                 table.add(f"train step peak memory {dtype}", mem["ours"], mem["hf-eager"], mem["hf-sdpa"], "MB",
                           ratio=mem["ours"] / mem[best_hf_attn.get(dtype, "hf-sdpa")])
 
+    measure_ceilings()
     print(f"\nbench_gpt results: {args.size}, {device}, batch {args.batch} x {args.seq}, "
           f"load average now {load_average()}, {time.perf_counter() - started:.0f} s")
-    if peaks:
-        print(f"ceilings: fp32 matmul {peaks['fp32']:.0f} GFLOP/s, bf16 matmul {peaks['bf16']:.0f} GFLOP/s, "
-              f"copy {bandwidth:.1f} GB/s (read + write)")
+    if ceilings:
+        print(f"ceilings (best of start and end): fp32 matmul {ceilings['fp32']:.0f} GFLOP/s, "
+              f"bf16 matmul {ceilings['bf16']:.0f} GFLOP/s, copy {ceilings['copy']:.1f} GB/s (read + write)")
     print("ratio: ours / transformers at its faster attention (for memory: lower is better); "
           "train eff = model FLOP/s / matmul peak of that dtype (MFU); generate eff = of the bandwidth bound")
     table.print()
