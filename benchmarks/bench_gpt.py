@@ -323,7 +323,7 @@ def main(argv=None):
     def measure_ceilings():
         if "ceilings" in skip:
             return
-        n, seconds = (512, 0.3) if args.quick else (2048, 3.0)
+        n, seconds = (512, 0.3) if args.quick else (8192 if device.type == "cuda" else 2048, 3.0)
         found = dict(fp32=matmul_peak(torch.float32, device, n, seconds),
                      bf16=matmul_peak(torch.bfloat16, device, n, seconds),
                      copy=copy_bandwidth(device, 64 if args.quick else 512, seconds))
