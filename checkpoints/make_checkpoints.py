@@ -7,8 +7,8 @@ Writes, each through `hf-ltg export` (model card with the training figures) and 
 
   ltg-gpt-lm          LTG GPT causal LM, `hf-ltg pretrain` on pydoc_data.topics
   ltg-gpt-classifier  that LM fine-tuned with `hf-ltg finetune-cls` (docstrings by module family)
-  ltg-bert-mlm        LTG-BERT masked LM, pretrained here with the stock Trainer (there is no
-                      `hf-ltg` command for masked-LM pretraining)
+  ltg-bert-mlm        LTG-BERT masked LM, pretrained here with the stock Trainer (the route a
+                      Trainer script takes; `hf-ltg pretrain --arch ltg-bert` is the command-line one)
 
 They are deliberately tiny (hidden 64, 2 layers, vocabulary 2048: about 1 MB each) so that they
 can live in git and the tests can load them; they have learnt a little, not much. Training is
