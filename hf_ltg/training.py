@@ -162,19 +162,52 @@ def _is_sequence_classifier(model) -> bool:
 
 
 class TimeLimitCallback(TrainerCallback):
-    """Stops training after `seconds` of wall time (single process only: ranks would disagree)."""
+    """Keeps training within `seconds` of wall time (single process only: ranks would disagree).
 
-    def __init__(self, seconds: float):
-        self.seconds, self.start = seconds, None
+    After `probe_steps` steps it projects the run's length. If the run would overrun, it is
+    shortened to the steps that fit and a cosine learning-rate schedule is re-fitted to that
+    length, so a slow (or busy) machine trains for fewer steps but still anneals. A hard stop at
+    `seconds` remains the safety net. The last step is saved, so `--resume` can continue.
+    """
+
+    def __init__(self, seconds: float, probe_steps: int = 10, clock=time.monotonic):
+        self.seconds, self.probe_steps, self.clock = seconds, probe_steps, clock
+        self.start = self.start_step = self.stop_at = None
+        self.fitted_steps = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.time()
+        self.start, self.start_step, self.stop_at = self.clock(), state.global_step, None
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.start is not None and time.time() - self.start > self.seconds:
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        if self.start is None:
+            return control
+        elapsed, done = self.clock() - self.start, state.global_step - self.start_step
+        if self.stop_at is None and done == self.probe_steps:
+            projected = elapsed / done * (state.max_steps - self.start_step)
+            if projected > self.seconds:
+                fits = int(self.seconds * 0.97 / elapsed * done)  # a little slack for evaluation and saving
+                self.stop_at = self.start_step + max(done + 1, fits)
+                if args.lr_scheduler_type == "cosine":
+                    _refit_cosine_schedule(lr_scheduler, args.get_warmup_steps(self.stop_at), self.stop_at)
+                self.fitted_steps = self.stop_at
+        if (self.stop_at is not None and state.global_step >= self.stop_at) or elapsed > self.seconds:
             control.should_training_stop = True
             control.should_save = True
         return control
+
+
+def _refit_cosine_schedule(lr_scheduler, warmup_steps: int, total_steps: int) -> None:
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+    if not hasattr(scheduler, "lr_lambdas"):
+        return
+
+    def cosine(step):
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    scheduler.lr_lambdas = [cosine] * len(scheduler.lr_lambdas)
 
 
 class LtgTrainer(Trainer):

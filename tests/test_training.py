@@ -6,13 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from hf_ltg import LtgGptConfig, LtgGptForCausalLM, LtgGptForSequenceClassification
 from hf_ltg.data import ClassificationDataset, LanguageModelingDataset, PaddingCollator
 from hf_ltg.tokenization import train_tokenizer
 from hf_ltg.training import (
     LtgTrainer,
+    TimeLimitCallback,
     classification_metrics,
     freeze_layers,
     sliding_window_perplexity,
@@ -112,6 +113,32 @@ def test_classification_evaluation_keeps_predicted_ids_not_logits(tok, tmp_path)
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_macro_f1"] <= 1
     predictions = trainer.predict(data).predictions
     assert predictions.shape == (len(data),)  # class ids; the (N, num_labels) logits were never stored
+
+
+def test_time_limit_fits_the_run_and_its_cosine_schedule_to_the_budget(tok, tmp_path):
+    class FakeClock:  # every step "takes" 10 s
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = FakeClock()
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.now += 10.0
+
+    model = LtgGptForCausalLM(tiny_config(tok))
+    data = LanguageModelingDataset(TEXT, tok, max_length=8)
+    args = training_arguments(tmp_path, max_steps=40, per_device_train_batch_size=2, eval_strategy="no",
+                              save_strategy="no", logging_steps=1, lr_scheduler_type="cosine", learning_rate=1e-3)
+    limit = TimeLimitCallback(seconds=200, probe_steps=4, clock=clock)
+    trainer = LtgTrainer(model=model, args=args, data_collator=PaddingCollator(tok.pad_token_id), train_dataset=data,
+                         processing_class=tok, callbacks=[Tick(), limit], plot=False)
+    trainer.train()
+    assert limit.fitted_steps == 19 and trainer.state.global_step == 19  # 200 s * 0.97 / 10 s per step
+    rates = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    assert rates[-1] < 0.02 * max(rates)  # annealed by the end of the shortened run
 
 
 def test_sliding_window_perplexity_scores_every_token_once_and_matches_full_context(tok):
