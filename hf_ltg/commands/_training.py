@@ -27,7 +27,8 @@ def add_training_options(parser, *, output: str, max_length: int, epochs: float,
     group.add_argument("--resume", action="store_true",
                        help="resume an interrupted run from the last checkpoint in --work-dir")
     group.add_argument("--time-limit", type=float, default=time_limit,
-                       help="stop training after this many seconds (single process only; default: %(default)s)")
+                       help="fit the run into this many seconds of training, shortening it and its schedule if the "
+                            "machine is slow (single process only; 0 disables; default: %(default)s)")
 
 
 def check_no_freeze_with_adapter(args) -> None:

@@ -25,7 +25,7 @@ def add_parser(subparsers):
                         help="trainable part: all, head, last_block, last_n_blocks:N (default: %(default)s)")
     add_adapter_arguments(parser)
     _training.add_training_options(parser, output="checkpoints/finetune-cls", max_length=64, epochs=4, batch_size=16,
-                                   learning_rate=5e-4, eval_steps=75)
+                                   learning_rate=5e-4, eval_steps=75, time_limit=480)
     parser.set_defaults(func=run)
 
 

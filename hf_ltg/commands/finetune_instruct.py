@@ -22,7 +22,7 @@ def add_parser(subparsers):
     parser.add_argument("--freeze", default="all", help="all, head, last_block, last_n_blocks:N (default: %(default)s)")
     add_adapter_arguments(parser)
     _training.add_training_options(parser, output="checkpoints/finetune-instruct", max_length=128, epochs=2,
-                                   batch_size=8, learning_rate=3e-4, eval_steps=100)
+                                   batch_size=8, learning_rate=3e-4, eval_steps=100, time_limit=480)
     parser.set_defaults(func=run)
 
 
