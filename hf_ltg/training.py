@@ -164,15 +164,16 @@ def _is_sequence_classifier(model) -> bool:
 class TimeLimitCallback(TrainerCallback):
     """Keeps training within `seconds` of wall time (single process only: ranks would disagree).
 
-    After `probe_steps` steps it projects the run's length. If the run would overrun, it is
-    shortened to the steps that fit and a cosine learning-rate schedule is re-fitted to that
+    It measures the time per step over steps `probe_steps + 1 .. 2 * probe_steps` (the first
+    steps are slower: allocation, warm-up) and projects the run's length. If the run would overrun,
+    it is shortened to the steps that fit and a cosine learning-rate schedule is re-fitted to that
     length, so a slow (or busy) machine trains for fewer steps but still anneals. A hard stop at
     `seconds` remains the safety net. The last step is saved, so `--resume` can continue.
     """
 
     def __init__(self, seconds: float, probe_steps: int = 10, clock=time.monotonic):
         self.seconds, self.probe_steps, self.clock = seconds, probe_steps, clock
-        self.start = self.start_step = self.stop_at = None
+        self.start = self.start_step = self.stop_at = self.probe_time = None
         self.fitted_steps = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -182,11 +183,14 @@ class TimeLimitCallback(TrainerCallback):
         if self.start is None:
             return control
         elapsed, done = self.clock() - self.start, state.global_step - self.start_step
-        if self.stop_at is None and done == self.probe_steps:
-            projected = elapsed / done * (state.max_steps - self.start_step)
-            if projected > self.seconds:
-                fits = int(self.seconds * 0.97 / elapsed * done)  # a little slack for evaluation and saving
-                self.stop_at = self.start_step + max(done + 1, fits)
+        if done == self.probe_steps:
+            self.probe_time = elapsed
+        if self.stop_at is None and done == 2 * self.probe_steps:
+            per_step = (elapsed - self.probe_time) / self.probe_steps
+            remaining = state.max_steps - state.global_step
+            budget = self.seconds * 0.97 - elapsed  # a little slack for evaluation and saving
+            if remaining * per_step > budget:
+                self.stop_at = state.global_step + max(1, int(budget / per_step))
                 if args.lr_scheduler_type == "cosine":
                     _refit_cosine_schedule(lr_scheduler, args.get_warmup_steps(self.stop_at), self.stop_at)
                 self.fitted_steps = self.stop_at
