@@ -41,7 +41,7 @@ def add_parser(subparsers):
     model.add_argument("--num-layers", type=int, default=4)
     model.add_argument("--num-heads", type=int, default=4)
     model.add_argument("--dropout", type=float, default=0.1)
-    _training.add_training_options(parser, output="checkpoints/main-job", max_length=128, epochs=5, batch_size=8,
+    _training.add_training_options(parser, output="checkpoints/main-job", max_length=128, epochs=12, batch_size=8,
                                    learning_rate=2e-3, eval_steps=200, time_limit=480)
     parser.set_defaults(func=run)
 
