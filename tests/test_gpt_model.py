@@ -271,3 +271,13 @@ def test_pickles_are_loaded_without_executing_code(tmp_path):
     (tmp_path / "evil.bin").write_bytes(pickle.dumps({"w": Evil()}))
     with pytest.raises(ValueError, match="weights_only=True"):
         load_state_dict(tmp_path / "evil.bin")
+
+
+def test_trainer_scales_sequence_classification_loss_for_gradient_accumulation(tmp_path):
+    # The classification loss is a per-example mean: the Trainer must not hand it
+    # num_items_in_batch, and must divide it by the accumulation steps itself.
+    from transformers import Trainer, TrainingArguments
+
+    model = LtgGptForSequenceClassification(tiny_config(num_labels=2))
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], gradient_accumulation_steps=4)
+    assert Trainer(model=model, args=args).model_accepts_loss_kwargs is False

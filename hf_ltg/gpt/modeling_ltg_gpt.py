@@ -482,6 +482,10 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
 class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
     """Classifies from the last real token (left or right padding), as GPT-2 does."""
 
+    # The loss is a per-example mean, not a token sum: the Trainer must not pass
+    # `num_items_in_batch` and must divide by gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: LtgGptConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
