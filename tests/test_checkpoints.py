@@ -29,6 +29,15 @@ def test_committed_checkpoint_is_small_and_has_a_card_with_its_training_figures(
     assert not list(folder.glob("*.bin"))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_checkpoint_carries_the_current_model_code(name):
+    # A checkpoint runs the code saved in it: when the package's model files change, copy them
+    # in (same weights) or rerun checkpoints/make_checkpoints.py.
+    family = REPO / "hf_ltg" / ("ltg_bert" if "bert" in name else "gpt")
+    for source in family.glob("*_ltg_*.py"):
+        assert (CHECKPOINTS / name / source.name).read_text() == source.read_text(), f"{name}/{source.name} is stale"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_checkpoint_passes_the_doctor(name):

@@ -30,22 +30,108 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from .configuration_ltg_gpt import LtgGptConfig
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout`, but on CPU outside `torch.compile` the mask comes from 16-bit random numbers.
+
+    PyTorch's CPU dropout draws one number from a sequential generator per element, which makes
+    dropout the largest single cost of a CPU training step; two 16-bit draws per 32-bit number halve
+    that, and the mask is made in x's dtype by a comparison, so applying it (and its gradient) is
+    one multiplication (1.5x faster than `F.dropout` on one core). The probability is rounded to a
+    multiple of 2**-16 (0.1 becomes 0.100006) and the scale uses the rounded value, so the
+    expectation is kept exactly. CUDA and compiled graphs have fast generators and use `F.dropout`.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    cut = round(p * 65536)
+    bits = torch.randint(-(2**31), 2**31, ((x.numel() + 1) // 2,), dtype=torch.int32, device=x.device)
+    keep = torch.empty_like(x)  # 0 or 1/(1-p) in x's dtype: one multiply forward and one backward
+    torch.ge(bits.view(torch.int16)[: x.numel()].view(x.shape), cut - 32768, out=keep)
+    return x * keep.mul_(1.0 / (1.0 - cut / 65536))
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` through `fast_dropout`."""
+
+    def forward(self, x):
+        return fast_dropout(x, self.p, self.training)
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Reference attention. query (B, nh, T, hs), key/value (B, nh, S, hs) -> (B, T, nh, hs)."""
-    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, T, S)
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
-        else:
-            weights = weights + attention_mask
-    elif query.shape[2] > 1:
-        causal = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
-        causal = causal.tril(key.shape[2] - query.shape[2])
-        weights = weights.masked_fill(~causal, torch.finfo(weights.dtype).min)
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
+    weights = torch.matmul(query * scaling, key.transpose(-1, -2))  # (B, nh, T, S); scaling q is the smaller pass
+    if attention_mask is None and query.shape[2] > 1:
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
+        attention_mask = attention_mask.tril(key.shape[2] - query.shape[2])
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        weights = weights.masked_fill_(~attention_mask, torch.finfo(weights.dtype).min)
+    elif attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1)  # low-precision inputs are accumulated in fp32 anyway
+    weights = fast_dropout(weights, dropout, module.training)
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, `chunk` rows at a time.
+
+    hidden (N, D), weight (V, D), targets (N,) with -100 for ignored rows; the summed loss is
+    divided by `divisor` (the number of targets, or the Trainer's `num_items_in_batch`). The
+    (N, V) logits never exist whole, in fp32 or otherwise: each chunk's logits are turned into the
+    loss and, in the same pass, into the gradients of `hidden` and `weight` (softmax minus one-hot),
+    so backward only scales them. Under autocast the products run in the autocast dtype and the
+    softmax in fp32, as autocast would do.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, divisor, chunk, need_grads):
+        device = hidden.device.type
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
+            h, w = hidden.to(compute), weight.to(compute)
+            scale = (targets != -100).float() / divisor  # (N,) weight of each row in the mean
+            targets = targets.clamp(min=0)[:, None]  # ignored rows have scale 0
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(h) if need_grads else None
+            grad_w = None
+            for start in range(0, h.shape[0], chunk):
+                rows = slice(start, start + chunk)
+                logits = (h[rows] @ w.t()).float()  # (n, V), updated in place from here on
+                top = logits.amax(-1, keepdim=True)
+                target_logits = logits.gather(1, targets[rows])
+                exp = logits.sub_(top).exp_()
+                total = exp.sum(-1, keepdim=True)
+                loss += ((total.log() + top - target_logits).squeeze(1) * scale[rows]).sum()
+                if not need_grads:
+                    continue
+                weights = scale[rows, None]
+                probs = exp.mul_(weights / total).scatter_add_(1, targets[rows], -weights).to(compute)  # d loss / d logits
+                torch.mm(probs, w, out=grad_h[rows])
+                if grad_w is None:
+                    grad_w = (probs.t() @ h[rows]).float()  # (V, D)
+                elif compute == torch.float32:
+                    grad_w.addmm_(probs.t(), h[rows])
+                else:
+                    grad_w += probs.t() @ h[rows]
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = hidden.dtype, weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling() and grad_loss.item() == 1.0:
+            return grad_h.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None, None, None, None  # saves a pass
+        return (
+            (grad_h * grad_loss).to(ctx.dtypes[0]),
+            (grad_w * grad_loss).to(ctx.dtypes[1]),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class LtgGptAttention(nn.Module):
@@ -61,7 +147,7 @@ class LtgGptAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.resid_dropout = nn.Dropout(config.hidden_dropout)
+        self.resid_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
         batch, length, width = hidden_states.shape
@@ -70,8 +156,12 @@ class LtgGptAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
 
+        attention_dropout = self.config.attention_dropout if self.training else 0.0
         attention_interface = eager_attention_forward
-        if not output_attentions:  # only the eager path computes the weights
+        # Only the eager path computes the weights. On CPU, SDPA with dropout falls back to an
+        # unfused kernel with slow dropout: the eager path with `fast_dropout` beats it.
+        cpu_dropout = attention_dropout > 0 and query.device.type == "cpu" and not torch.compiler.is_compiling()
+        if not output_attentions and not (cpu_dropout and self.config._attn_implementation == "sdpa"):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
@@ -81,7 +171,7 @@ class LtgGptAttention(nn.Module):
             key,
             value,
             attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
+            dropout=attention_dropout,
             scaling=self.scaling,
             **kwargs,
         )
@@ -93,9 +183,11 @@ class LtgGptMLP(nn.Module):
     def __init__(self, config: LtgGptConfig):
         super().__init__()
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.activation]
+        # GPT-2's "gelu_new" is the tanh approximation of GELU: the fused kernel computes the same
+        # function in one pass (transformers' NewGELUActivation takes eight, and saves their outputs).
+        self.act = ACT2FN["gelu_pytorch_tanh" if config.activation == "gelu_new" else config.activation]
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states):
         return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
@@ -165,7 +257,7 @@ class LtgGptModel(LtgGptPreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.drop = nn.Dropout(config.embedding_dropout)
+        self.drop = Dropout(config.embedding_dropout)
         self.h = nn.ModuleList(LtgGptBlock(config, i) for i in range(config.num_hidden_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -282,6 +374,16 @@ class LtgGptModel(LtgGptPreTrainedModel):
 
 
 class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
+    """GPT with its language-modelling head.
+
+    Training-only shortcut: in training mode (`model.train()`), a forward with `labels` returns
+    the loss but `logits=None`. The loss then comes from the hidden states in chunks of rows
+    (`ChunkedLinearCrossEntropy`), so the (batch, length, vocabulary) fp32 logits, their
+    log-softmax and their gradient are never materialised (600 MB for GPT-2 small at 4 x 256
+    tokens). In evaluation mode (the Trainer's `evaluate`/`predict` switch to it), without
+    `labels`, or with an adapter on `lm_head`, logits are computed and returned as usual.
+    """
+
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config: LtgGptConfig):
@@ -325,20 +427,22 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-            hidden_states = hidden_states[:, keep]
+        if labels is not None and self._loss_without_logits(logits_to_keep):
+            logits, loss = None, self._chunked_loss(hidden_states, labels, **kwargs)
         else:
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+            if isinstance(logits_to_keep, int):
+                keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+                hidden_states = hidden_states[:, keep]
+            else:
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = self.lm_head(hidden_states)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
 
         if not return_dict:
             rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
+            return tuple(v for v in (loss, logits) if v is not None) + rest
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -347,9 +451,40 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+    def _loss_without_logits(self, logits_to_keep):
+        """Training on labels with a plain LM head (not wrapped by an adapter or an offloading hook)."""
+        head = self.lm_head
+        return (
+            self.training
+            and isinstance(logits_to_keep, int)
+            and logits_to_keep == 0
+            and type(head) is nn.Linear
+            and head.bias is None
+            and not (head._forward_hooks or head._forward_pre_hooks or "forward" in head.__dict__)
+        )
+
+    def _chunked_loss(self, hidden_states, labels, num_items_in_batch=None, shift_labels=None, **kwargs):
+        """The causal-LM loss of `self.loss_function`, from hidden states (B, T, D) in chunks of rows."""
+        if shift_labels is None:
+            shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]  # tokens < n predict n
+        targets = shift_labels.reshape(-1).to(hidden_states.device)
+        hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+        divisor = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        if torch.is_tensor(divisor):
+            divisor = divisor.to(hidden.device)
+        # about 64 MB of fp32 logits per chunk, equal chunks
+        chunks = max(1, math.ceil(hidden.shape[0] * self.config.vocab_size / 2**24))
+        chunk = math.ceil(hidden.shape[0] / chunks)
+        need_grads = torch.is_grad_enabled() and (hidden.requires_grad or self.lm_head.weight.requires_grad)
+        return ChunkedLinearCrossEntropy.apply(hidden, self.lm_head.weight, targets, divisor, chunk, need_grads)
+
 
 class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
     """Classifies from the last real token (left or right padding), as GPT-2 does."""
+
+    # The loss is a per-example mean, not a token sum: the Trainer must not pass
+    # `num_items_in_batch` and must divide by gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: LtgGptConfig):
         super().__init__(config)
@@ -443,7 +578,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
         self.num_labels = config.num_labels
         self.transformer = LtgGptModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -617,17 +752,28 @@ class LtgGptInt8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
     def _absmax_matmul(self, x):
-        xq, x_scale = quantize_absmax(x)
-        return int8_matmul(xq, self.weight).float() * (x_scale[:, None] * self.weight_scale.float()[None])
+        # quantize_absmax of the rows, with fewer kernel launches (this runs for every token)
+        x = x.float()
+        x_scale = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-30) / 127  # (M, 1)
+        xq = torch.round(x / x_scale).clamp_(-127, 127).to(torch.int8)
+        return int8_matmul(xq, self.weight).float().mul_(x_scale).mul_(self.weight_scale.float())
 
     def _zeropoint_matmul(self, x):
         # x ~= sx (xq - zx), w ~= sw (q - zw):  x.w = sx sw (xq.q - zx sum(q) - zw sum(xq) + K zx zw), exact in int32
         xq, x_scale, x_zero = quantize_zeropoint(x)
         x_zero, w_zero = x_zero.to(torch.int32)[:, None], self.weight_zero_point.to(torch.int32)[None]
         acc = int8_matmul(xq, self.weight)
-        acc = acc - x_zero * self.weight.sum(dim=1, dtype=torch.int32)[None]
-        acc = acc - w_zero * xq.sum(dim=1, dtype=torch.int32)[:, None] + self.in_features * x_zero * w_zero
-        return acc.float() * (x_scale[:, None] * self.weight_scale.float()[None])
+        acc -= x_zero * self._weight_row_sums()[None]
+        acc -= w_zero * (xq.sum(dim=1, dtype=torch.int32)[:, None] - self.in_features * x_zero)
+        return acc.float().mul_(x_scale[:, None]).mul_(self.weight_scale.float())
+
+    def _weight_row_sums(self):
+        # sum(q) per output row, cached: recomputing it would read the whole matrix a second time per call
+        key = (self.weight.data_ptr(), self.weight._version)
+        if getattr(self, "_row_sums_key", None) != key:
+            self._row_sums = self.weight.sum(dim=1, dtype=torch.int32)
+            self._row_sums_key = key
+        return self._row_sums
 
     def extra_repr(self):
         threshold = f", threshold={self.threshold}" if self.scheme == "llm-int8" else ""
