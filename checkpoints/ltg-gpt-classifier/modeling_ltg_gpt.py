@@ -29,6 +29,22 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_ltg_gpt import LtgGptConfig
 
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (forward arguments,
+# output fields, generate). This file runs on both sides of the rename: forwards take either
+# name and outputs use the field the installed version declares.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    """The KV cache passed under either name (transformers >= 5.24 `cache`, earlier ones and peft
+    `past_key_values`)."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError(
+            "Got two different KV caches, `cache` and `past_key_values`: pass one of them. (peft <= 0.21 "
+            "prefix tuning does this in generate on transformers >= 5.24; use transformers 5.23 with it.)"
+        )
+    return cache if cache is not None else past_key_values
+
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout`, but on CPU outside `torch.compile` the mask comes from 16-bit random numbers.
@@ -280,8 +296,10 @@ class LtgGptModel(LtgGptPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ):
+        past_key_values = resolve_cache(past_key_values, cache)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -316,13 +334,8 @@ class LtgGptModel(LtgGptPreTrainedModel):
                 )
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, D)
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
+        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -342,14 +355,14 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
-        cache = past_key_values if use_cache else None
+        returned_cache = past_key_values if use_cache else None
         if not return_dict:
-            return tuple(v for v in (hidden_states, cache, all_hidden_states, all_attentions) if v is not None)
+            return tuple(v for v in (hidden_states, returned_cache, all_hidden_states, all_attentions) if v is not None)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=cache,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            **{CACHE_FIELD: returned_cache},
         )
 
     def _check_token_ids(self, input_ids):
@@ -411,6 +424,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ):
         """`labels` are the input ids themselves (-100 to ignore); the loss shifts them."""
@@ -420,6 +434,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -441,14 +456,14 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
 
         if not return_dict:
-            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
+            rest = tuple(v for v in (getattr(outputs, CACHE_FIELD), outputs.hidden_states, outputs.attentions) if v is not None)
             return tuple(v for v in (loss, logits) if v is not None) + rest
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
     def _loss_without_logits(self, logits_to_keep):
@@ -505,6 +520,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -513,6 +529,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -527,14 +544,14 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
         if labels is not None:
             loss = self._classification_loss(pooled_logits, labels.to(pooled_logits.device))
         if not return_dict:
-            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
+            rest = tuple(v for v in (getattr(outputs, CACHE_FIELD), outputs.hidden_states, outputs.attentions) if v is not None)
             return ((loss,) if loss is not None else ()) + (pooled_logits,) + rest
         return SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled_logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
     def _last_token_index(self, input_ids, attention_mask, hidden_states):

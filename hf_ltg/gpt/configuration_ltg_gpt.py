@@ -56,7 +56,7 @@ class LtgGptConfig(PretrainedConfig):
     """
 
     model_type = "ltg_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache output before and after transformers 5.24
 
     def __init__(
         self,

@@ -64,7 +64,7 @@ class LtgBertConfig(PretrainedConfig):
     """
 
     model_type = "ltg_bert"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache output before and after transformers 5.24
 
     def __init__(
         self,

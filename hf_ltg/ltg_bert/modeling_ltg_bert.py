@@ -31,6 +31,22 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_ltg_bert import LtgBertConfig
 
+# transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (forward arguments,
+# output fields, generate). This file runs on both sides of the rename: forwards take either
+# name and outputs use the field the installed version declares.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    """The KV cache passed under either name (transformers >= 5.24 `cache`, earlier ones and peft
+    `past_key_values`)."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError(
+            "Got two different KV caches, `cache` and `past_key_values`: pass one of them. (peft <= 0.21 "
+            "prefix tuning does this in generate on transformers >= 5.24; use transformers 5.23 with it.)"
+        )
+    return cache if cache is not None else past_key_values
+
 
 def relative_position_buckets(query_positions, key_positions, bucket_size: int, max_position: int):
     """Row of the relative embedding table for every (query, key) pair: [Tq, Tk] int64 in 0..2b-2.
@@ -297,6 +313,7 @@ class LtgBertModel(LtgBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         is_causal: bool = False,
+        cache: Cache | None = None,
         **kwargs,
     ):
         r"""
@@ -311,6 +328,7 @@ class LtgBertModel(LtgBertPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = is_causal and (use_cache if use_cache is not None else self.config.use_cache)
+        past_key_values = resolve_cache(past_key_values, cache)
 
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch, length = inputs_embeds.shape[:2]
@@ -339,9 +357,9 @@ class LtgBertModel(LtgBertPreTrainedModel):
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
         )
         return output if return_dict else output.to_tuple()
 
@@ -451,7 +469,7 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                 past_key_values=None, use_cache=None, labels=None, logits_to_keep: int | torch.Tensor = 0,
-                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+                output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs):
         r"""
         labels: [B, T] token ids; position t is predicted from tokens < t (the shift happens inside),
             -100 where there is nothing to predict.
@@ -461,7 +479,7 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.ltg_bert(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-            past_key_values=past_key_values, use_cache=use_cache, output_attentions=output_attentions,
+            past_key_values=past_key_values, cache=cache, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True, is_causal=True,
         )
         hidden_states = outputs.last_hidden_state
@@ -471,8 +489,8 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         output = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
 
@@ -489,12 +507,12 @@ class LtgBertForSequenceClassification(LtgBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 past_key_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                **kwargs):
+                cache=None, **kwargs):
         r"""labels: [B] class ids (or floats for regression / [B, num_labels] for multi-label)."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.ltg_bert(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, past_key_values=past_key_values,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            cache=cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0])
         loss = None
