@@ -121,6 +121,21 @@ def test_cache_is_used_even_when_use_cache_is_false():
     assert torch.allclose(step, model(ids).logits[:, 5:], atol=1e-5)
 
 
+def test_cache_is_taken_under_its_transformers_5_24_name_too():
+    # transformers >= 5.24 generate() passes the KV cache as `cache`, earlier versions and peft as past_key_values
+    from transformers import DynamicCache
+
+    model = LtgGptForCausalLM(tiny_config()).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    cache = DynamicCache(config=model.config)
+    model(ids[:, :5], cache=cache, use_cache=True)
+    assert cache.get_seq_length() == 5
+    step = model(ids[:, 5:], cache=cache, use_cache=True).logits
+    assert torch.allclose(step, model(ids).logits[:, 5:], atol=1e-5)
+    with pytest.raises(ValueError, match="two different KV caches"):
+        model(ids[:, 5:], cache=cache, past_key_values=DynamicCache(config=model.config))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = LtgGptForCausalLM(tiny_config()).train()

@@ -307,6 +307,15 @@ def test_causal_lm_with_cache_gives_the_logits_of_the_full_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
+def test_causal_lm_takes_the_cache_under_its_transformers_5_24_name_too():
+    model = model_of(LtgBertForCausalLM, max_position_embeddings=16, position_bucket_size=8)
+    ids = batch((12,))[0]
+    full = model(ids).logits
+    cache = model(ids[:, :7], use_cache=True).past_key_values
+    step = model(ids[:, 7:], cache=cache, use_cache=True).logits
+    torch.testing.assert_close(step, full[:, 7:], atol=1e-5, rtol=0)
+
+
 def test_causal_lm_generates_identically_with_and_without_cache_also_left_padded():
     model = model_of(LtgBertForCausalLM)
     ids, mask = batch((6, 4))
