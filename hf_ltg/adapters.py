@@ -7,8 +7,9 @@ built-in models. What they add for our models:
 - the classification head (`score` for GPT sequence classification, `classifier` /
   `qa_outputs` for the other heads) is found from the model and saved whole with the adapter
   (`modules_to_save`); LoRA never wraps a layer inside it;
-- a requested LoRA target that names no linear layer is a ValueError that lists the names
-  there are;
+- a requested LoRA target that names no linear or embedding layer is a ValueError that lists
+  the names there are (an input embedding tied to the LM head is refused: merging would change
+  the head too);
 - the fine-tuning commands get `--adapter` options (`add_adapter_arguments`), one call to
   wrap the model (`apply_adapter`) and one to save the result (`save_adapter_or_merged`).
 
@@ -128,7 +129,8 @@ def lora_config(model, task_type=None, r: int = 8, alpha: int = 16, dropout: flo
     `targets`: None for the family's default (registered with peft by `import hf_ltg`, e.g.
     the fused `qkv_proj` of GPT), `"all-linear"` for every linear layer except the output
     embedding and the task head, or a list of layer names (short names like `"fc_in"` or full
-    paths). Task heads are trained fully and saved with the adapter (`modules_to_save`).
+    paths), which may include an input embedding (`"wte"`) when it is not tied to an LM head.
+    Task heads are trained fully and saved with the adapter (`modules_to_save`).
     """
     task_type = task_type_of(model) if task_type is None else _task_type(task_type)
     if r <= 0:
@@ -161,19 +163,29 @@ def lora_config(model, task_type=None, r: int = 8, alpha: int = 16, dropout: flo
 
 
 def _check_targets(model, targets: list[str], heads: list[str]) -> None:
-    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
     available = linear_layer_names(model, heads)
+    embeddings = sorted({name.rsplit(".", 1)[-1] for name, m in layers.items() if isinstance(m, torch.nn.Embedding)})
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for target in targets:
-        matched = [name for name in linear if _matches(name, target)]
+        matched = [name for name in layers if _matches(name, target)]
         if not matched:
             raise ValueError(
-                f"LoRA target module {target!r} is not a linear layer of {type(model).__name__}; its linear layers "
-                f"are {available} (or use 'all-linear')."
+                f"LoRA target module {target!r} is neither a linear nor an embedding layer of {type(model).__name__}; "
+                f"its linear layers are {available} (or use 'all-linear') and its embeddings {embeddings}."
             )
         if all(_inside(name, heads) for name in matched):
             raise ValueError(
                 f"LoRA target module {target!r} is inside the task head {heads}, which is trained and saved whole "
                 f"(modules_to_save); choose targets from {available}."
+            )
+        tied = [name for name in matched if isinstance(layers[name], torch.nn.Embedding)
+                and output is not None and layers[name].weight is getattr(output, "weight", None)]
+        if tied:
+            raise ValueError(
+                f"LoRA target module {target!r} is the input embedding {tied[0]}, whose weight the output layer "
+                "shares (tie_word_embeddings): the merged adapter would change the LM head too. Adapt the linear "
+                f"layers {available} instead (a classifier's input embedding is not tied and can be adapted)."
             )
 
 
@@ -311,7 +323,8 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
                        help="LoRA scaling numerator; updates are scaled by alpha/r (default: %(default)s)")
     group.add_argument("--lora-dropout", type=float, default=0.05, help="default: %(default)s")
     group.add_argument("--lora-targets", nargs="+", metavar="NAME",
-                       help="linear layers to adapt, e.g. qkv_proj out_proj fc_in fc_out, or all-linear "
+                       help="layers to adapt, e.g. qkv_proj out_proj fc_in fc_out, or all-linear; a "
+                            "classifier may add its input embedding (wte for GPT, word_embedding for LTG-BERT) "
                             "(default: the model family's default, qkv_proj for GPT)")
     group.add_argument("--num-virtual-tokens", type=int, default=16,
                        help="virtual tokens of prompt, ptuning and prefix (default: %(default)s)")

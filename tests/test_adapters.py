@@ -138,7 +138,7 @@ def test_lora_all_linear_adapts_every_block_layer_but_not_lm_head(base_folder):
 
 def test_unknown_lora_target_is_an_error_listing_the_linear_layers(base_folder):
     base = saved_base(LtgGptForCausalLM, base_folder)
-    with pytest.raises(ValueError, match="'c_attn' is not a linear layer") as error:
+    with pytest.raises(ValueError, match="'c_attn' is neither a linear nor an embedding layer") as error:
         lora_config(base, targets=["qkv_proj", "c_attn"])
     for name in ("fc_in", "fc_out", "out_proj", "qkv_proj", "lm_head"):
         assert name in str(error.value)

@@ -111,3 +111,29 @@ def test_lora_target_inside_the_head_is_rejected(tmp_path):
     base = saved_base(LtgGptForSequenceClassification, tmp_path / "base", num_labels=LABELS)
     with pytest.raises(ValueError, match="inside the task head"):
         lora_config(base, targets=["score"])
+
+
+def test_lora_on_the_input_embedding_of_a_classifier_trains_saves_and_merges(tmp_path):
+    base = saved_base(LtgGptForSequenceClassification, tmp_path / "base", num_labels=LABELS)
+    model = get_peft_model(base, lora_config(base, targets=["qkv_proj", "wte"]))
+    input_ids, attention_mask = left_padded_batch()
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 1, 2])).loss.backward()
+    embedding_lora = [name for name, param in model.named_parameters() if "wte.lora_embedding" in name]
+    assert len(embedding_lora) == 2 and all(model.get_parameter(name).grad is not None for name in embedding_lora)
+
+    model = perturb_adapter_(model).eval()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    model.save_pretrained(tmp_path / "adapter")
+    assert any("wte.lora_embedding" in name for name in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    with torch.no_grad():
+        merged = model.merge_and_unload()(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=0)
+
+
+def test_lora_on_an_embedding_tied_to_the_lm_head_is_refused(tmp_path):
+    from hf_ltg import LtgGptForCausalLM
+
+    base = saved_base(LtgGptForCausalLM, tmp_path / "base")
+    with pytest.raises(ValueError, match="'wte' is the input embedding transformer.wte.*LM head too"):
+        lora_config(base, targets=["qkv_proj", "wte"])

@@ -103,7 +103,7 @@ def test_finetune_instruct_with_a_prompt_method_writes_the_adapter(method, pretr
 @pytest.mark.parametrize("argv, message", [
     (["--adapter", "prefix", "--merge"], "--merge folds LoRA weights"),
     (["--adapter", "lora", "--freeze", "head"], "drop --freeze"),
-    (["--adapter", "lora", "--lora-targets", "c_attn"], "'c_attn' is not a linear layer"),
+    (["--adapter", "lora", "--lora-targets", "c_attn"], "'c_attn' is neither a linear nor an embedding layer"),
 ])
 def test_finetune_cls_rejects_inconsistent_adapter_options(argv, message, pretrained, classification_files,
                                                            tmp_path, capsys):

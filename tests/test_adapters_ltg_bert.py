@@ -71,7 +71,7 @@ def test_ltg_bert_lora_keeps_the_classifier_whole_and_saves_it(targets, tmp_path
 
 def test_ltg_bert_unknown_lora_target_lists_its_linear_layers(tmp_path):
     model = saved_bert(LtgBertForSequenceClassification, tmp_path / "base", num_labels=2)
-    with pytest.raises(ValueError, match="'qkv_proj' is not a linear layer") as error:
+    with pytest.raises(ValueError, match="'qkv_proj' is neither a linear nor an embedding layer") as error:
         lora_config(model, targets=["qkv_proj"])
     for name in ("in_proj_qk", "in_proj_v", "up_proj", "down_proj"):
         assert name in str(error.value)
