@@ -11,7 +11,7 @@ from gpt_utils import VOCAB, randomize_, tiny_gpt2_config
 from transformers import GPT2LMHeadModel
 
 from hf_ltg.conversion.gpt2 import _strip_prefix, config_from_gpt2, gpt2_to_ltg_state_dict
-from hf_ltg.gpt import LtgGptForCausalLM
+from hf_ltg.gpt import LtgGptForCausalLM, modeling_ltg_gpt
 from hf_ltg.gpt.modeling_ltg_gpt import ChunkedLinearCrossEntropy, fast_dropout
 
 
@@ -112,3 +112,49 @@ def test_generate_with_static_cache_matches_dynamic_cache(padded):
     dynamic = ours.generate(ids, **settings)
     static = ours.generate(ids, cache_implementation="static", **settings)
     assert torch.equal(static, dynamic)
+
+
+@pytest.mark.skipif(modeling_ltg_gpt._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
+def test_onednn_inference_linear_matches_f_linear(dtype, atol):
+    torch.manual_seed(0)
+    layer = modeling_ltg_gpt.Linear(48, 80).to(dtype)
+    for shape in [(1, 48), (3, 1, 48), (2, 7, 48)]:
+        x = torch.randn(shape, dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
+
+
+def test_onednn_linear_serves_only_inference_without_autocast(monkeypatch):
+    calls = []
+
+    def spy(x, weight, bias, *args):
+        calls.append(tuple(x.shape))
+        return F.linear(x, weight, bias)
+
+    monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_LINEAR", spy)
+    layer = modeling_ltg_gpt.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        layer(x)
+    assert calls == [(2, 8)]
+    layer(x).sum().backward()  # autograd: F.linear
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast decides the dtype, as for nn.Linear
+    with torch.no_grad():
+        layer.double()(x.double())  # a dtype oneDNN's path does not take
+    assert calls == [(2, 8)]
+
+
+def test_greedy_decoding_through_onednn_matches_the_plain_path(monkeypatch):
+    _, ours = pair_without_dropout()
+    ours.eval()
+    ids = torch.randint(0, VOCAB, (2, 5))
+    settings = dict(max_new_tokens=20, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        fast_logits = ours(ids).logits
+        fast = ours.generate(ids, **settings)
+    monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_LINEAR", None)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, fast_logits, atol=1e-5, rtol=0)
+        assert torch.equal(ours.generate(ids, **settings), fast)
