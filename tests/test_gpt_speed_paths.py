@@ -67,12 +67,13 @@ def test_eval_mode_and_a_hooked_head_still_return_logits_with_the_loss():
     assert torch.allclose(hooked.loss, evaluated.loss, atol=1e-6)
 
 
+@pytest.mark.parametrize("vocab", [50, 17_000])  # 17,000: under bf16, the weight gradient in three slices
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_cross_entropy_matches_full_logits_over_several_chunks(dtype):
+def test_chunked_cross_entropy_matches_full_logits_over_several_chunks(dtype, vocab):
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)
-    weight = torch.randn(50, 16, requires_grad=True)
-    targets = torch.randint(0, 50, (37,))
+    weight = torch.randn(vocab, 16, requires_grad=True)
+    targets = torch.randint(0, vocab, (37,))
     targets[::5] = -100
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
         want = F.cross_entropy((hidden @ weight.t()).float(), targets)
@@ -85,6 +86,23 @@ def test_chunked_cross_entropy_matches_full_logits_over_several_chunks(dtype):
     for g, w in zip(got_grads, want_grads):
         assert g.dtype == torch.float32
         assert torch.allclose(g, 3.0 * w, atol=tolerance * 3, rtol=tolerance)
+
+
+@pytest.mark.parametrize("vocab", [50, 17_000])  # 17,000: the weight gradient in three vocabulary slices
+def test_chunked_cross_entropy_on_bf16_weights_without_autocast(vocab):
+    torch.manual_seed(0)
+    hidden = torch.randn(29, 16, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(vocab, 16, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, vocab, (29,))
+    targets[::4] = -100
+    want = F.cross_entropy((hidden @ weight.t()).float(), targets)
+    got = ChunkedLinearCrossEntropy.apply(hidden, weight, targets, (targets != -100).sum(), 8, True)  # 4 chunks
+    want_grads = torch.autograd.grad(want, (hidden, weight))
+    got_grads = torch.autograd.grad(got, (hidden, weight))
+    assert torch.allclose(got, want, atol=2e-2)
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == torch.bfloat16
+        assert torch.allclose(g.float(), w.float(), atol=2e-2, rtol=2e-2)
 
 
 def test_fast_dropout_drops_p_and_keeps_the_expectation():

@@ -125,11 +125,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, `chunk` rows at a time.
 
     hidden (N, D), weight (V, D), targets (N,) with -100 for ignored rows; the summed loss is
-    divided by `divisor` (the number of targets, or the Trainer's `num_items_in_batch`). The
-    (N, V) logits never exist whole, in fp32 or otherwise: each chunk's logits are turned into the
-    loss and, in the same pass, into the gradients of `hidden` and `weight` (softmax minus one-hot),
-    so backward only scales them. Under autocast the products run in the autocast dtype and the
+    divided by `divisor` (the number of targets, or the Trainer's `num_items_in_batch`). The fp32
+    (N, V) logits never exist whole: each chunk's logits, in one reused buffer, are turned into the
+    loss and, in the same pass, into the gradient of `hidden` (softmax minus one-hot), so backward
+    only scales the gradients. Under autocast the products run in the autocast dtype and the
     softmax in fp32, as autocast would do.
+
+    The weight gradient: in fp32 it is accumulated chunk by chunk. In a 16-bit dtype the chunks'
+    probabilities are kept (N x V 16-bit numbers, half of what the fp32 logits would take) and
+    multiplied once per vocabulary slice, so the gradient is rounded once, as autocast's single
+    product rounds it; accumulating 16-bit partial products would round it once per chunk, and
+    adding them to an fp32 sum costs more than the products themselves on CPU.
     """
 
     @staticmethod
@@ -138,14 +144,23 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         with torch.autocast(device, enabled=False):
             h, w = hidden.to(compute), weight.to(compute)
+            rows_total, vocab = h.shape[0], w.shape[0]
             scale = (targets != -100).float() / divisor  # (N,) weight of each row in the mean
             targets = targets.clamp(min=0)[:, None]  # ignored rows have scale 0
             loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            accumulate = compute == torch.float32
             grad_h = torch.empty_like(h) if need_grads else None
-            grad_w = None
-            for start in range(0, h.shape[0], chunk):
+            grad_w = torch.empty_like(w) if need_grads and accumulate else None
+            kept_probs = h.new_empty(rows_total, vocab) if need_grads and not accumulate else None
+            products = h.new_empty(min(chunk, rows_total), vocab)  # reused by every chunk
+            logits_buffer = products if accumulate else torch.empty_like(products, dtype=torch.float32)
+            for start in range(0, rows_total, chunk):
                 rows = slice(start, start + chunk)
-                logits = (h[rows] @ w.t()).float()  # (n, V), updated in place from here on
+                count = h[rows].shape[0]
+                torch.mm(h[rows], w.t(), out=products[:count])
+                logits = logits_buffer[:count]  # (count, V) fp32, updated in place from here on
+                if not accumulate:
+                    logits.copy_(products[:count])
                 top = logits.amax(-1, keepdim=True)
                 target_logits = logits.gather(1, targets[rows])
                 exp = logits.sub_(top).exp_()
@@ -154,14 +169,28 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 if not need_grads:
                     continue
                 weights = scale[rows, None]
-                probs = exp.mul_(weights / total).scatter_add_(1, targets[rows], -weights).to(compute)  # d loss / d logits
-                torch.mm(probs, w, out=grad_h[rows])
-                if grad_w is None:
-                    grad_w = (probs.t() @ h[rows]).float()  # (V, D)
-                elif compute == torch.float32:
-                    grad_w.addmm_(probs.t(), h[rows])
+                probs = exp.mul_(weights / total).scatter_add_(1, targets[rows], -weights)  # d loss / d logits
+                if accumulate:
+                    torch.mm(probs, w, out=grad_h[rows])
+                    if start == 0:
+                        torch.mm(probs.t(), h[rows], out=grad_w)
+                    else:
+                        grad_w.addmm_(probs.t(), h[rows])
                 else:
-                    grad_w += probs.t() @ h[rows]
+                    kept_probs[rows] = probs
+                    torch.mm(kept_probs[rows], w, out=grad_h[rows])
+            del products, logits_buffer
+            if kept_probs is not None:
+                grad_w = torch.empty_like(weight)
+                slice_rows = min(vocab, 8192)
+                part = w.new_empty(slice_rows, w.shape[1]) if weight.dtype != compute else None
+                for first in range(0, vocab, slice_rows):
+                    vocab_rows = slice(first, first + slice_rows)
+                    target = grad_w[vocab_rows]
+                    out = target if part is None else part[: target.shape[0]]
+                    torch.mm(kept_probs[:, vocab_rows].t(), h, out=out)
+                    if part is not None:
+                        target.copy_(out)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
         return loss
