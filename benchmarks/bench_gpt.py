@@ -13,7 +13,7 @@ Measured:
 - the machine's ceilings: fp32 and bf16 matmul GFLOP/s, memory copy GB/s (reads + writes);
 - a training step (forward + backward + AdamW), fp32 and bf16 autocast, eager and compiled;
 - greedy `generate` tok/s at batch 1 and 8 (32-token prompt, 128 new tokens), fp32 and bf16
-  weights;
+  weights; on CPU ours also with `pack_cpu_weights()` (opt-in, a second copy of the weights);
 - the peak memory of a training step, each model in its own child process (peak resident
   set size above the resident size before the step, with parameters and AdamW state loaded).
 
@@ -401,6 +401,8 @@ def main(argv=None):
         if "generate" not in skip:
             for dtype in ("fp32", "bf16"):
                 models = {name: load_model(name, folder, device, DTYPES[dtype]) for name in names}
+                if device.type == "cpu":  # a second copy of ours with oneDNN-packed weights (opt-in)
+                    models["ours-packed"] = load_model("ours", folder, device, DTYPES[dtype]).pack_cpu_weights()
                 for batch in map(int, args.generate_batches.split(",")):
                     runs = {name: generate_fn(m, batch, args.prompt, args.new_tokens, device)
                             for name, m in models.items()}
@@ -412,6 +414,12 @@ def main(argv=None):
                               "tok/s", eff_ours=decode_efficiency(tok_s["ours"], batch, nbytes),
                               eff_hf=decode_efficiency(best, batch, nbytes),
                               note="eff = of the memory-bandwidth bound (batch x copy GB/s / weight bytes)")
+                    if "ours-packed" in tok_s:
+                        table.add(f"generate b{batch} {dtype}, ours pack_cpu_weights()", tok_s["ours-packed"],
+                                  tok_s["hf-eager"], tok_s["hf-sdpa"], "tok/s",
+                                  eff_ours=decode_efficiency(tok_s["ours-packed"], batch, nbytes),
+                                  eff_hf=decode_efficiency(best, batch, nbytes),
+                                  note="opt-in: a second, oneDNN-reordered copy of the linear weights in memory")
                 if "static" not in skip:
                     run = generate_fn(models["ours"], 1, args.prompt, args.new_tokens, device,
                                       cache_implementation="static")

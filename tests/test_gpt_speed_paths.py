@@ -4,9 +4,12 @@ Training with labels skips the full logits (chunked cross-entropy); CPU dropout 
 random numbers. Both are checked against references written here or transformers' GPT-2.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from gpt_utils import VOCAB, randomize_, tiny_gpt2_config
 from transformers import GPT2LMHeadModel
 
@@ -176,3 +179,51 @@ def test_greedy_decoding_through_onednn_matches_the_plain_path(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, fast_logits, atol=1e-5, rtol=0)
         assert torch.equal(ours.generate(ids, **settings), fast)
+
+
+needs_packing = pytest.mark.skipif(modeling_ltg_gpt._ONEDNN_PACK is None, reason="this torch build cannot reorder weights")
+
+
+@needs_packing
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
+def test_packed_weight_matches_f_linear_and_follows_weight_changes(dtype, atol):
+    torch.manual_seed(0)
+    layer = modeling_ltg_gpt.Linear(48, 80).to(dtype)
+    layer.pack_weight = True
+    with torch.no_grad():
+        for shape in [(1, 48), (5, 48), (2, 7, 48)]:
+            x = torch.randn(shape, dtype=dtype)
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
+        packed = modeling_ltg_gpt._PACKED_WEIGHTS[layer][1]
+        layer.weight.mul_(-2.0)  # an in-place change (an optimizer step, load_state_dict) is seen
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=2 * atol, rtol=0)
+        assert modeling_ltg_gpt._PACKED_WEIGHTS[layer][1] is not packed
+        layer.weight = nn.Parameter(torch.randn(80, 48, dtype=dtype))  # so is a new tensor
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
+
+
+@needs_packing
+def test_pack_cpu_weights_keeps_decoding_and_frees_the_copies():
+    _, ours = pair_without_dropout()
+    ours.eval()
+    ids = torch.randint(0, VOCAB, (2, 5))
+    settings = dict(max_new_tokens=20, do_sample=False, pad_token_id=0)
+    plain = ours.generate(ids, **settings)
+    linears = [m for m in ours.modules() if isinstance(m, modeling_ltg_gpt.Linear)]
+    assert ours.pack_cpu_weights() is ours
+    packed = ours.generate(ids, **settings)
+    assert torch.equal(packed, plain)
+    assert all(m in modeling_ltg_gpt._PACKED_WEIGHTS for m in linears)  # the tied head included
+    copy.deepcopy(ours)  # the opaque copies live outside the modules
+    ours.train()(ids, labels=ids).loss.backward()  # training never uses them
+    ours.pack_cpu_weights(False)
+    assert not any(m in modeling_ltg_gpt._PACKED_WEIGHTS for m in linears)
+    assert torch.equal(ours.eval().generate(ids, **settings), plain)
+
+
+def test_pack_cpu_weights_without_onednn_says_so(monkeypatch):
+    _, ours = pair_without_dropout()
+    monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_PACK", None)
+    with pytest.raises(RuntimeError, match="_reorder_linear_weight"):
+        ours.pack_cpu_weights()
+    ours.pack_cpu_weights(False)  # turning it off always works
