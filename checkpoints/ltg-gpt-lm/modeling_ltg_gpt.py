@@ -47,25 +47,50 @@ def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache |
     return cache if cache is not None else past_key_values
 
 
+def _dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """0 or 1/(1-p') in x's dtype from 16-bit random numbers, p' = p rounded to a multiple of 2**-16."""
+    cut = round(p * 65536)
+    bits = torch.randint(-(2**31), 2**31, ((x.numel() + 1) // 2,), dtype=torch.int32, device=x.device)
+    keep = torch.empty_like(x)
+    torch.ge(bits.view(torch.int16)[: x.numel()].view(x.shape), cut - 32768, out=keep)
+    return keep.mul_(1.0 / (1.0 - cut / 65536))
+
+
+def _opaque_dropout_scale():
+    """`_dropout_scale` as a custom op, so that compiled graphs call it instead of generating the
+    random numbers one element at a time. Registered once per process (a checkpoint's copy of this
+    file and hf_ltg's may both be loaded); seeded random, so never recomputed in backward."""
+    try:
+        return torch.ops.ltg_gpt.dropout_scale
+    except (AttributeError, RuntimeError):
+        pass
+    op = torch.library.custom_op(
+        "ltg_gpt::dropout_scale", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+    )(_dropout_scale)
+    op.register_fake(lambda x, p: torch.empty_like(x))
+    return torch.ops.ltg_gpt.dropout_scale
+
+
+_DROPOUT_SCALE_OP = _opaque_dropout_scale()
+
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """`F.dropout`, but on CPU outside `torch.compile` the mask comes from 16-bit random numbers.
+    """`F.dropout`, but on CPU the mask comes from 16-bit random numbers.
 
     PyTorch's CPU dropout draws one number from a sequential generator per element, which makes
-    dropout the largest single cost of a CPU training step; two 16-bit draws per 32-bit number halve
-    that, and the mask is made in x's dtype by a comparison, so applying it (and its gradient) is
-    one multiplication (1.5x faster than `F.dropout` on one core). The probability is rounded to a
-    multiple of 2**-16 (0.1 becomes 0.100006) and the scale uses the rounded value, so the
-    expectation is kept exactly. CUDA and compiled graphs have fast generators and use `F.dropout`.
+    dropout the largest single cost of a CPU training step, and compiled graphs draw them one
+    element at a time; two 16-bit draws per 32-bit number halve that, and the mask is made in x's
+    dtype by a comparison, so applying it (and its gradient) is one multiplication (1.5x faster
+    than `F.dropout` on one core). The probability is rounded to a multiple of 2**-16 (0.1 becomes
+    0.100006) and the scale uses the rounded value, so the expectation is kept exactly. Under
+    `torch.compile` the mask is a custom op (same numbers as eager). CUDA uses `F.dropout`.
     """
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or p >= 1.0:
+    if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    cut = round(p * 65536)
-    bits = torch.randint(-(2**31), 2**31, ((x.numel() + 1) // 2,), dtype=torch.int32, device=x.device)
-    keep = torch.empty_like(x)  # 0 or 1/(1-p) in x's dtype: one multiply forward and one backward
-    torch.ge(bits.view(torch.int16)[: x.numel()].view(x.shape), cut - 32768, out=keep)
-    return x * keep.mul_(1.0 / (1.0 - cut / 65536))
+    scale = _DROPOUT_SCALE_OP(x.detach(), p) if torch.compiler.is_compiling() else _dropout_scale(x, p)
+    return x * scale
 
 
 class Dropout(nn.Dropout):
@@ -163,56 +188,94 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         with torch.autocast(device, enabled=False):
             h, w = hidden.to(compute), weight.to(compute)
-            rows_total, vocab = h.shape[0], w.shape[0]
             scale = (targets != -100).float() / divisor  # (N,) weight of each row in the mean
             targets = targets.clamp(min=0)[:, None]  # ignored rows have scale 0
-            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            accumulate = compute == torch.float32
-            grad_h = torch.empty_like(h) if need_grads else None
-            grad_w = torch.empty_like(w) if need_grads and accumulate else None
-            kept_probs = h.new_empty(rows_total, vocab) if need_grads and not accumulate else None
-            products = h.new_empty(min(chunk, rows_total), vocab)  # reused by every chunk
-            logits_buffer = products if accumulate else torch.empty_like(products, dtype=torch.float32)
-            for start in range(0, rows_total, chunk):
-                rows = slice(start, start + chunk)
-                count = h[rows].shape[0]
-                torch.mm(h[rows], w.t(), out=products[:count])
-                logits = logits_buffer[:count]  # (count, V) fp32, updated in place from here on
-                if not accumulate:
-                    logits.copy_(products[:count])
-                top = logits.amax(-1, keepdim=True)
-                target_logits = logits.gather(1, targets[rows])
-                exp = logits.sub_(top).exp_()
-                total = exp.sum(-1, keepdim=True)
-                loss += ((total.log() + top - target_logits).squeeze(1) * scale[rows]).sum()
-                if not need_grads:
-                    continue
-                weights = scale[rows, None]
-                probs = exp.mul_(weights / total).scatter_add_(1, targets[rows], -weights)  # d loss / d logits
-                if accumulate:
-                    torch.mm(probs, w, out=grad_h[rows])
-                    if start == 0:
-                        torch.mm(probs.t(), h[rows], out=grad_w)
-                    else:
-                        grad_w.addmm_(probs.t(), h[rows])
-                else:
-                    kept_probs[rows] = probs
-                    torch.mm(kept_probs[rows], w, out=grad_h[rows])
-            del products, logits_buffer
-            if kept_probs is not None:
-                grad_w = torch.empty_like(weight)
-                slice_rows = min(vocab, 8192)
-                part = w.new_empty(slice_rows, w.shape[1]) if weight.dtype != compute else None
-                for first in range(0, vocab, slice_rows):
-                    vocab_rows = slice(first, first + slice_rows)
-                    target = grad_w[vocab_rows]
-                    out = target if part is None else part[: target.shape[0]]
-                    torch.mm(kept_probs[:, vocab_rows].t(), h, out=out)
-                    if part is not None:
-                        target.copy_(out)
+            run = ChunkedLinearCrossEntropy._compiled if torch.compiler.is_compiling() else ChunkedLinearCrossEntropy._eager
+            loss, grad_h, grad_w = run(h, w, targets, scale, chunk, need_grads, weight.dtype)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
         return loss
+
+    @staticmethod
+    def _chunk(logits, targets, scale):
+        """In place on one chunk's fp32 logits: (summed loss, d loss / d logits)."""
+        top = logits.amax(-1, keepdim=True)
+        target_logits = logits.gather(1, targets)
+        exp = logits.sub_(top).exp_()
+        total = exp.sum(-1, keepdim=True)
+        loss = ((total.log() + top - target_logits).squeeze(1) * scale).sum()
+        weights = scale[:, None]
+        return loss, exp.mul_(weights / total).scatter_add_(1, targets, -weights)
+
+    @staticmethod
+    def _eager(h, w, targets, scale, chunk, need_grads, weight_dtype):
+        """Preallocated buffers, written in place (fresh large tensors cost page faults on CPU)."""
+        rows_total, vocab, compute = h.shape[0], w.shape[0], h.dtype
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        accumulate = compute == torch.float32
+        grad_h = torch.empty_like(h) if need_grads else None
+        grad_w = torch.empty_like(w) if need_grads and accumulate else None
+        kept_probs = h.new_empty(rows_total, vocab) if need_grads and not accumulate else None
+        products = h.new_empty(min(chunk, rows_total), vocab)  # reused by every chunk
+        logits_buffer = products if accumulate else torch.empty_like(products, dtype=torch.float32)
+        for start in range(0, rows_total, chunk):
+            rows = slice(start, start + chunk)
+            count = h[rows].shape[0]
+            torch.mm(h[rows], w.t(), out=products[:count])
+            logits = logits_buffer[:count]
+            if not accumulate:
+                logits.copy_(products[:count])
+            chunk_loss, probs = ChunkedLinearCrossEntropy._chunk(logits, targets[rows], scale[rows])
+            loss += chunk_loss
+            if not need_grads:
+                continue
+            if accumulate:
+                torch.mm(probs, w, out=grad_h[rows])
+                if start == 0:
+                    torch.mm(probs.t(), h[rows], out=grad_w)
+                else:
+                    grad_w.addmm_(probs.t(), h[rows])
+            else:
+                kept_probs[rows] = probs
+                torch.mm(kept_probs[rows], w, out=grad_h[rows])
+        del products, logits_buffer
+        if kept_probs is not None:
+            grad_w = torch.empty_like(w, dtype=weight_dtype)
+            slice_rows = min(vocab, 8192)
+            part = w.new_empty(slice_rows, w.shape[1]) if weight_dtype != compute else None
+            for first in range(0, vocab, slice_rows):
+                vocab_rows = slice(first, first + slice_rows)
+                target = grad_w[vocab_rows]
+                out = target if part is None else part[: target.shape[0]]
+                torch.mm(kept_probs[:, vocab_rows].t(), h, out=out)
+                if part is not None:
+                    target.copy_(out)
+        return loss, grad_h, grad_w
+
+    @staticmethod
+    def _compiled(h, w, targets, scale, chunk, need_grads, weight_dtype):
+        """The same without buffers or writes into slices, which compiled graphs turn into copies."""
+        compute = h.dtype
+        loss, grad_h, grad_w, kept_probs = 0.0, [], None, []
+        for start in range(0, h.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            chunk_loss, probs = ChunkedLinearCrossEntropy._chunk((h[rows] @ w.t()).float(), targets[rows], scale[rows])
+            loss = loss + chunk_loss
+            if not need_grads:
+                continue
+            probs = probs.to(compute)
+            grad_h.append(probs @ w)
+            if compute != torch.float32:
+                kept_probs.append(probs)
+            elif grad_w is None:
+                grad_w = probs.t() @ h[rows]
+            else:
+                grad_w = grad_w.addmm(probs.t(), h[rows])
+        if not need_grads:
+            return loss, None, None
+        if kept_probs:
+            grad_w = torch.cat(kept_probs).t() @ h
+        return loss, torch.cat(grad_h), grad_w.to(weight_dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -255,7 +318,7 @@ class LtgGptAttention(nn.Module):
         attention_interface = eager_attention_forward
         # Only the eager path computes the weights. On CPU, SDPA with dropout falls back to an
         # unfused kernel with slow dropout: the eager path with `fast_dropout` beats it.
-        cpu_dropout = attention_dropout > 0 and query.device.type == "cpu" and not torch.compiler.is_compiling()
+        cpu_dropout = attention_dropout > 0 and query.device.type == "cpu"
         if not output_attentions and not (cpu_dropout and self.config._attn_implementation == "sdpa"):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
