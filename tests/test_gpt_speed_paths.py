@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from gpt_utils import VOCAB, randomize_, tiny_gpt2_config
+from torch import nn
 from transformers import GPT2LMHeadModel
 
 from hf_ltg.conversion.gpt2 import _strip_prefix, config_from_gpt2, gpt2_to_ltg_state_dict
@@ -146,12 +146,12 @@ def test_onednn_inference_linear_matches_f_linear(dtype, atol):
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
 
 
-def test_onednn_linear_serves_only_inference_without_autocast(monkeypatch):
+def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
     calls = []
 
     def spy(x, weight, bias, *args):
         calls.append(tuple(x.shape))
-        return F.linear(x, weight, bias)
+        return x @ weight.t() + (0 if bias is None else bias)
 
     monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_LINEAR", spy)
     layer = modeling_ltg_gpt.Linear(8, 4)
@@ -159,12 +159,39 @@ def test_onednn_linear_serves_only_inference_without_autocast(monkeypatch):
     with torch.no_grad():
         layer(x)
     assert calls == [(2, 8)]
-    layer(x).sum().backward()  # autograd: F.linear
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    layer(x).sum().backward()  # fp32 training: forward and the weight gradient (x needs none)
+    assert calls == [(2, 8), (2, 8), (4, 2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(x).dtype == torch.bfloat16  # autocast decides the dtype, as for nn.Linear
+        with torch.no_grad():
+            layer(x)
+    layer.bfloat16()(x.bfloat16().requires_grad_())  # bf16 training: F.linear
     with torch.no_grad():
         layer.double()(x.double())  # a dtype oneDNN's path does not take
-    assert calls == [(2, 8)]
+    assert len(calls) == 3
+
+
+@pytest.mark.skipif(modeling_ltg_gpt._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
+@pytest.mark.parametrize("trainable", ["all", "input and bias", "bias only", "input only"])
+def test_onednn_training_linear_gradients_match_f_linear(trainable):
+    torch.manual_seed(0)
+    layer = modeling_ltg_gpt.Linear(48, 80)
+    reference = nn.Linear(48, 80)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 7, 48)
+    grad_out = torch.randn(2, 7, 80)
+    results = []
+    for module in (layer, reference):
+        module.weight.requires_grad_(trainable == "all")
+        module.bias.requires_grad_(trainable != "input only")
+        inputs = x.clone().requires_grad_(trainable in ("all", "input and bias", "input only"))
+        out = module(inputs)
+        out.backward(grad_out)
+        results.append((out, inputs.grad, module.weight.grad, module.bias.grad))
+    for got, want in zip(*results):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_greedy_decoding_through_onednn_matches_the_plain_path(monkeypatch):
@@ -261,7 +288,8 @@ def test_compiled_training_step_fullgraph_matches_eager_with_dropout(dtype, tole
     model = LtgGptForCausalLM(config).train()
     ids = torch.randint(0, VOCAB, (2, 16))
     compiled = torch.compile(model, fullgraph=True)
-    params = [model.lm_head.weight, model.transformer.h[0].attn.qkv_proj.weight, model.transformer.h[1].mlp.fc_in.weight]
+    blocks = model.transformer.h
+    params = [model.lm_head.weight, blocks[0].attn.qkv_proj.weight, blocks[1].mlp.fc_in.weight]
 
     def step(forward, seed):
         torch.manual_seed(seed)
@@ -276,3 +304,20 @@ def test_compiled_training_step_fullgraph_matches_eager_with_dropout(dtype, tole
     for got, want, other in zip(compiled_grads, eager_grads, other_grads):
         assert relative_difference(got, want) < tolerance
         assert relative_difference(other, want) > 0.2  # other masks
+
+
+def test_linear_under_torch_func_transforms():
+    """torch.func.grad and vmap see plain F.linear (an autograd.Function would need vmap rules)."""
+    torch.manual_seed(0)
+    layer = modeling_ltg_gpt.Linear(6, 3)
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    x = torch.randn(5, 6)
+
+    def loss(params, x):
+        return torch.func.functional_call(layer, params, (x,)).square().sum()
+
+    grads = torch.func.grad(loss)(params, x)
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x[:, None])
+    torch.testing.assert_close(per_sample["weight"].sum(0), grads["weight"], atol=1e-5, rtol=1e-5)
+    want = torch.autograd.grad(loss(dict(layer.named_parameters()), x), layer.weight)[0]
+    torch.testing.assert_close(grads["weight"], want, atol=1e-5, rtol=1e-5)
