@@ -112,10 +112,8 @@ _ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONE
 _PACKED_WEIGHTS = weakref.WeakKeyDictionary()
 
 
-def _functorch_wrapped(tensor) -> bool:
-    """True inside torch.func transforms (grad, vmap), which a plain autograd.Function cannot serve."""
-    check = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return check is not None and check(tensor)
+# True for tensors inside torch.func transforms (grad, vmap), which a plain autograd.Function cannot serve
+_IS_FUNCTORCH_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda t: False)
 
 
 class _OneDnnLinearFunction(torch.autograd.Function):
@@ -176,7 +174,7 @@ class Linear(nn.Linear):
                 if self.pack_weight and _ONEDNN_PACK is not None:
                     weight = self._packed(weight)
                 return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
-            if x.dtype == torch.float32 and not (_functorch_wrapped(x) or _functorch_wrapped(weight)):
+            if x.dtype == torch.float32 and not (_IS_FUNCTORCH_WRAPPED(x) or _IS_FUNCTORCH_WRAPPED(weight)):
                 return _OneDnnLinearFunction.apply(x, weight, bias)
         return F.linear(x, weight, bias)
 
