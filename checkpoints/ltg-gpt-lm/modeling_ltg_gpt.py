@@ -207,8 +207,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     hidden (N, D), weight (V, D), targets (N,) with -100 for ignored rows; the summed loss is
     divided by `divisor` (the number of targets, or the Trainer's `num_items_in_batch`). The fp32
-    (N, V) logits never exist whole: each chunk's logits, in one reused buffer, are turned into the
-    loss and, in the same pass, into the gradient of `hidden` (softmax minus one-hot), so backward
+    (N, V) logits never exist whole: each chunk's logits (in eager mode in a reused buffer, except
+    fp32 on CPU, where oneDNN's product writes a fresh one) are turned into the loss and, in the
+    same pass, into the gradient of `hidden` (softmax minus one-hot), so backward
     only scales the gradients. Under autocast the products run in the autocast dtype and the
     softmax in fp32, as autocast would do.
 
