@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -68,17 +69,84 @@ def _weights_file_in(folder: Path) -> Path:
     )
 
 
+# What hf_ltg writes into a checkpoint or adapter folder; a folder holding anything else is the
+# user's, and is never replaced.
+CHECKPOINT_FILE = re.compile(
+    r"^(config\.json|generation_config\.json|adapter_config\.json|README\.md|training_curves\.png"
+    r"|[\w.-]+\.safetensors|model\.safetensors\.index\.json|pytorch_model\.bin|adapter_model\.bin"
+    r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|tokenizer\.model"
+    r"|vocab\.json|vocab\.txt|merges\.txt|chat_template\.jinja|chat_template\.json|\w+_ltg_(gpt|bert)\.py)$"
+)
+
+
+def is_checkpoint_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a checkpoint or adapter as hf_ltg writes them, and nothing else."""
+    names = [p.name for p in Path(folder).iterdir()]
+    return bool({"config.json", "adapter_config.json"} & set(names)) and all(
+        CHECKPOINT_FILE.match(name) and (Path(folder) / name).is_file() for name in names
+    )
+
+
+def check_output_folder(out_dir: str | os.PathLike, *, overwrite: bool = False, sources=()) -> Path:
+    """`out_dir`, resolved, if a checkpoint may be written there; else a ValueError saying why.
+
+    Allowed: a new or empty folder, or (with `overwrite`) a previous checkpoint. Refused: a file,
+    a folder holding anything else, and a folder that is or contains one of `sources`.
+    """
+    out = Path(out_dir).resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if out == source or out in source.parents:
+            relation = "is" if out == source else "contains"
+            raise ValueError(f"The output folder {out} {relation} the source {source}; write to another folder.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"The output {out} is a file, not a folder; choose a folder name.")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_checkpoint_folder(out):
+            foreign = sorted(p.name for p in out.iterdir() if not CHECKPOINT_FILE.match(p.name) or not p.is_file())
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ValueError(f"The output folder {out} is not empty and not an hf_ltg checkpoint (it holds {shown}); "
+                             "choose a new or empty folder (--overwrite replaces only a previous checkpoint).")
+        if not overwrite:
+            raise ValueError(f"The output folder {out} already holds a checkpoint; pass --overwrite to replace it, "
+                             "or choose another folder.")
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give `folder` and what it holds the permissions the user's umask gives new files
+    (mkdtemp makes folders 0700 and temporary files are 0600)."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            Path(root, name).chmod(0o777 & ~mask)
+        for name in files:
+            Path(root, name).chmod(0o666 & ~mask)
+
+
 @contextlib.contextmanager
-def atomic_directory(out_dir: str | os.PathLike):
+def atomic_directory(out_dir: str | os.PathLike, *, overwrite: bool = True):
     """Yield a temporary folder beside `out_dir` that replaces `out_dir` only on success.
 
-    A failure leaves `out_dir` as it was (absent, or its old contents), never half-written.
+    `out_dir` may be absent, empty or a previous checkpoint (replaced only with `overwrite`);
+    anything else is refused before and checked again before the rename (`check_output_folder`),
+    so no file the user put there is ever deleted. A failure leaves `out_dir` as it was (absent,
+    or its old contents), never half-written. Files get the permissions of the user's umask.
     """
-    out_dir = Path(out_dir).resolve()
+    out_dir = check_output_folder(out_dir, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         yield tmp
+        _apply_umask(tmp)
+        check_output_folder(out_dir, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -91,13 +159,14 @@ def atomic_directory(out_dir: str | os.PathLike):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(model, out_dir, tokenizer=None, generation_config=None) -> Path:
+def save_checkpoint(model, out_dir, tokenizer=None, generation_config=None, overwrite: bool = True) -> Path:
     """Write a complete, self-contained checkpoint folder atomically.
 
     `model.save_pretrained` writes config (with the family's full auto_map), code and
-    safetensors weights; the tokenizer and generation config are added when given.
+    safetensors weights; the tokenizer and generation config are added when given. `out_dir`
+    may be new, empty or (with `overwrite`) a previous checkpoint, see `atomic_directory`.
     """
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

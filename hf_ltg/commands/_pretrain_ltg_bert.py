@@ -31,6 +31,7 @@ def run_masked_lm(args) -> int:
     set_seed(args.seed)
     if args.output == GPT_DEFAULT_OUTPUT:
         args.output = DEFAULT_OUTPUT
+    _training.check_output_option(args, args.init_from)
     train_docs, valid_docs, source = documents(args)
 
     if args.init_from:

@@ -3,12 +3,16 @@
 import os
 from pathlib import Path
 
+from ._output import OVERWRITE_HELP, check_output
+
 
 def add_training_options(parser, *, output: str, max_length: int, epochs: float, batch_size: int,
                          learning_rate: float, eval_steps: int, logging_steps: int = 10, max_steps: int = -1,
                          time_limit: float | None = None):
     group = parser.add_argument_group("training")
-    group.add_argument("--output", default=output, help="final checkpoint folder, written atomically (default: %(default)s)")
+    group.add_argument("--output", default=output, help="final checkpoint folder, written atomically: new, empty or "
+                                                         "(with --overwrite) a previous checkpoint (default: %(default)s)")
+    group.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     group.add_argument("--work-dir", help="Trainer folder for intermediate checkpoints and curves "
                                           "(default: runs/<name of --output>)")
     group.add_argument("--max-length", type=int, default=max_length, help="tokens per example (default: %(default)s)")
@@ -35,6 +39,12 @@ def check_no_freeze_with_adapter(args) -> None:
     if args.freeze not in ("all", "none"):
         raise ValueError(f"--freeze {args.freeze} and --adapter {args.adapter} both choose what trains; "
                          "an adapter trains only its own weights (and the task head): drop --freeze.")
+
+
+def check_output_option(args, source=None) -> None:
+    """Refuse --output before training: not the source checkpoint, not the work folder, and not a
+    folder that holds anything but a previous checkpoint (that one only with --overwrite)."""
+    check_output(args.output, args.overwrite, [source, work_dir(args)])
 
 
 def work_dir(args) -> Path:

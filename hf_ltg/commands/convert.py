@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from ._output import add_overwrite_option, check_output
+
 # --from FORMAT -> (function name in hf_ltg.conversion, needs --config)
 SOURCES = {
     "hf-gpt2": ("convert_from_hf_gpt2", False),
@@ -29,13 +31,16 @@ def add_parser(subparsers):
                         help="ltg-bert only: the code that trained SRC, babylm/train (default; also NorBERT3) "
                              "or the original BNC training/")
     parser.add_argument("src", metavar="SRC", help="source folder or weights file")
-    parser.add_argument("out", metavar="OUT", help="output checkpoint folder")
+    parser.add_argument("out", metavar="OUT", help="output checkpoint folder: new, empty or (with --overwrite) "
+                                                   "a previous checkpoint")
+    add_overwrite_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from .. import conversion
 
+    check_output(args.out, args.overwrite, [args.src])
     if args.target_format:
         out = getattr(conversion, TARGETS[args.target_format])(args.src, args.out)
     else:

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from ._output import add_overwrite_option, check_output
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -13,7 +15,9 @@ def add_parser(subparsers):
         "a peft adapter folder (with --merge). With --native, OUT is a stock gpt2 checkpoint needing no remote code.",
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint, Trainer output or peft adapter folder")
-    parser.add_argument("out", metavar="OUT", help="output folder (written atomically)")
+    parser.add_argument("out", metavar="OUT", help="output folder, written atomically: new, empty or (with "
+                                                   "--overwrite) a previous checkpoint")
+    add_overwrite_option(parser)
     parser.add_argument("--native", action="store_true",
                         help="write stock GPT-2 classes (LTG GPT checkpoints only): no trust_remote_code needed")
     parser.add_argument("--merge", action="store_true", help="merge a peft adapter SRC into its base model")
@@ -35,6 +39,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..hub import export_checkpoint, export_native
 
+    check_output(args.out, args.overwrite, [args.src, args.training_dir])
     common = dict(tokenizer=args.tokenizer, license=args.license, base_model=args.base_model,
                   datasets=args.datasets, language=args.language, name=args.name, merge=args.merge,
                   training_dir=args.training_dir)

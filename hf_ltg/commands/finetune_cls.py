@@ -38,6 +38,7 @@ def run(args) -> int:
     from ..tokenization import check_tokenizer_fits
     from ..training import LtgTrainer, freeze_layers
 
+    _training.check_output_option(args, args.model)
     set_seed(args.seed)
     if bool(args.train_file) != bool(args.validation_file):
         raise ValueError("Pass both --train-file and --validation-file, or neither for the default data.")

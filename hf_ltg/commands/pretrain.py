@@ -83,6 +83,7 @@ def run(args) -> int:
         from ._pretrain_ltg_bert import run_masked_lm
 
         return run_masked_lm(args)
+    _training.check_output_option(args, args.init_from)
     started = time.time()
     set_seed(args.seed)
     train_docs, valid_docs, source = documents(args)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from ._output import add_overwrite_option, check_output
+
 # Mirrors hf_ltg.quantization.SCHEMES / DEFAULT_THRESHOLD (not imported: `--help` stays light).
 SCHEMES = ("absmax", "zeropoint", "llm-int8")
 DEFAULT_THRESHOLD = 6.0
@@ -34,7 +36,9 @@ def add_parser(subparsers):
         ),
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint folder (floating point)")
-    parser.add_argument("out", metavar="OUT", help="output checkpoint folder")
+    parser.add_argument("out", metavar="OUT", help="output checkpoint folder: new, empty or (with --overwrite) "
+                                                   "a previous checkpoint")
+    add_overwrite_option(parser)
     parser.add_argument("--scheme", choices=SCHEMES, default="absmax", help="quantization scheme (default absmax)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"llm-int8: activation columns with |x| >= this stay in floating point (default {DEFAULT_THRESHOLD})")
@@ -45,6 +49,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..quantization import checkpoint_size, quantize_checkpoint
 
+    check_output(args.out, args.overwrite, [args.src])
     out = quantize_checkpoint(args.src, args.out, args.scheme, args.threshold, args.include_lm_head)
     before, after = checkpoint_size(args.src), checkpoint_size(out)
     ratio = f" ({after / before:.2f}x of {before:,} bytes)" if before else ""
