@@ -382,7 +382,8 @@ class InstructionDataset(TensorDictDataset):
 
 class PaddingCollator:
     """Pads a batch to its longest item: input_ids with `pad_token_id`, attention_mask with 0 and
-    token labels with -100.
+    token labels with -100. Per-sequence labels are stacked as they are: a class id or a value
+    (regression) per sequence, or a float vector per sequence (multi-label classification).
 
     Items keep their own end-of-text token (datasets append it), so when the pad token is the eos
     token, as in GPT-2, the first eos is still a label while the padding after it is ignored.
@@ -403,8 +404,8 @@ class PaddingCollator:
         batch = {}
         for key in items[0]:
             values = [torch.as_tensor(item[key]) for item in items]
-            if values[0].dim() == 0:  # one label per sequence
-                batch[key] = torch.stack(values)
+            if values[0].dim() == 0 or (key == "labels" and values[0].is_floating_point()):
+                batch[key] = torch.stack(values)  # one label, or one label vector (multi-label), per sequence
                 continue
             padded = torch.full((len(items), length), pad_values.get(key, 0), dtype=values[0].dtype)
             for row, value in enumerate(values):

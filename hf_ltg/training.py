@@ -116,14 +116,43 @@ def _final_norm(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Classification metrics: predictions are argmaxed per batch, so no logits are kept.
+# Classification metrics, chosen by the problem type. Logits are reduced per batch (class ids,
+# probabilities or values), so no logits are kept.
+
+MULTI_LABEL_THRESHOLD = 0.5
+
+
+def problem_type_of(config, labels) -> str:
+    """The problem type a sequence classifier's loss uses: `config.problem_type`, else as
+    transformers decides it (one label: regression; integer labels: single-label; else multi-label)."""
+    if getattr(config, "problem_type", None):
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    integer = labels.dtype in (torch.long, torch.int) if isinstance(labels, torch.Tensor) else \
+        np.issubdtype(np.asarray(labels).dtype, np.integer)
+    return "single_label_classification" if integer else "multi_label_classification"
 
 
 def argmax_logits(logits, labels):
-    """`preprocess_logits_for_metrics`: keep the predicted class ids (B,), not the logits (B, C)."""
+    """`preprocess_logits_for_metrics` of single-label classification: class ids (B,), not logits (B, C)."""
     if isinstance(logits, tuple):
         logits = logits[0]
     return logits.argmax(dim=-1)
+
+
+def _per_class_f1(true_positive, predicted, actual) -> np.ndarray:
+    precision = np.divide(true_positive, predicted, out=np.zeros(len(predicted)), where=predicted > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros(len(actual)), where=actual > 0)
+    return np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(actual)),
+                     where=precision + recall > 0)
+
+
+def _macro_f1(true_positive, predicted, actual) -> float:
+    """The mean F1 over the classes that occur in the labels or the predictions."""
+    f1 = _per_class_f1(true_positive, predicted, actual)
+    occurring = (predicted > 0) | (actual > 0)
+    return float(f1[occurring].mean()) if occurring.any() else 0.0
 
 
 def classification_metrics(eval_prediction) -> dict[str, float]:
@@ -135,14 +164,59 @@ def classification_metrics(eval_prediction) -> dict[str, float]:
     n_classes = int(max(predictions.max(initial=0), labels.max(initial=0))) + 1
     confusion = np.bincount(labels * n_classes + predictions, minlength=n_classes**2).reshape(n_classes, n_classes)
     true_positive = np.diag(confusion).astype(float)
-    precision = np.divide(true_positive, confusion.sum(0), out=np.zeros(n_classes), where=confusion.sum(0) > 0)
-    recall = np.divide(true_positive, confusion.sum(1), out=np.zeros(n_classes), where=confusion.sum(1) > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n_classes), where=precision + recall > 0)
-    present = confusion.sum(1) > 0  # macro average over the classes that occur
     return {
         "accuracy": float(true_positive.sum() / max(len(labels), 1)),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_f1": _macro_f1(true_positive, confusion.sum(0), confusion.sum(1)),
     }
+
+
+def multi_label_metrics(eval_prediction) -> dict[str, float]:
+    """Micro- and macro-F1 and exact-match accuracy of label vectors, a label predicted when its
+    probability reaches `MULTI_LABEL_THRESHOLD` (predictions are probabilities (N, C))."""
+    predicted = np.asarray(eval_prediction.predictions) >= MULTI_LABEL_THRESHOLD
+    actual = np.asarray(eval_prediction.label_ids) >= 0.5
+    true_positive = (predicted & actual).sum(0).astype(float)
+    micro = 2 * true_positive.sum() / max(predicted.sum() + actual.sum(), 1)
+    return {
+        "micro_f1": float(micro),
+        "macro_f1": _macro_f1(true_positive, predicted.sum(0), actual.sum(0)),
+        "exact_match": float((predicted == actual).all(1).mean()),
+    }
+
+
+def regression_metrics(eval_prediction) -> dict[str, float]:
+    """Mean squared and mean absolute error of predicted values."""
+    predictions = np.asarray(eval_prediction.predictions, dtype=np.float64).reshape(-1)
+    labels = np.asarray(eval_prediction.label_ids, dtype=np.float64).reshape(-1)
+    return {"mse": float(np.mean((predictions - labels) ** 2)), "mae": float(np.mean(np.abs(predictions - labels)))}
+
+
+class SequenceClassificationMetrics:
+    """`preprocess_logits_for_metrics` and `compute_metrics` of a sequence classifier, by the
+    problem type of its loss (`problem_type_of`): accuracy and macro-F1 of single-label
+    classification, micro/macro-F1 of multi-label classification, MSE/MAE of regression."""
+
+    def __init__(self, config):
+        self.config = config
+        self.problem_type = None  # decided on the first batch, as the model's loss decides it
+
+    def preprocess(self, logits, labels):
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        self.problem_type = problem_type_of(self.config, labels)
+        if self.problem_type == "regression":
+            return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+        if self.problem_type == "multi_label_classification":
+            return torch.sigmoid(logits.float())
+        return logits.argmax(dim=-1)
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        problem_type = self.problem_type or problem_type_of(self.config, eval_prediction.label_ids)
+        if problem_type == "regression":
+            return regression_metrics(eval_prediction)
+        if problem_type == "multi_label_classification":
+            return multi_label_metrics(eval_prediction)
+        return classification_metrics(eval_prediction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,8 +292,10 @@ class LtgTrainer(Trainer):
     """A `Trainer` that adds, without changing the training step:
 
     - `eval_perplexity` (exp of the eval loss) for causal language models;
-    - `eval_accuracy` and `eval_macro_f1` for sequence classification, from argmaxed predictions
-      (no logits are kept in memory), unless `compute_metrics` is given;
+    - for sequence classification, unless `compute_metrics` is given, metrics by the problem type
+      (`SequenceClassificationMetrics`): `eval_accuracy` and `eval_macro_f1` (single-label),
+      `eval_micro_f1`, `eval_macro_f1` and `eval_exact_match` (multi-label), `eval_mse` and `eval_mae`
+      (regression); no logits are kept in memory;
     - a few sample generations from `sample_prompts` after each evaluation of a causal LM
       (printed, and kept in `state.log_history` under `samples`);
     - layer freezing presets (`freeze=`, see `freeze_layers`);
@@ -233,8 +309,9 @@ class LtgTrainer(Trainer):
         if model is not None and freeze:
             freeze_layers(model, freeze)
         if model is not None and _is_sequence_classifier(model) and kwargs.get("compute_metrics") is None:
-            kwargs["compute_metrics"] = classification_metrics
-            kwargs.setdefault("preprocess_logits_for_metrics", argmax_logits)
+            metrics = SequenceClassificationMetrics(model.config)
+            kwargs["compute_metrics"] = metrics
+            kwargs.setdefault("preprocess_logits_for_metrics", metrics.preprocess)
         super().__init__(*args, **kwargs)
         if self.args.include_num_input_tokens_seen in ("no", False):
             self.args.include_num_input_tokens_seen = "non_padding"
