@@ -7,8 +7,9 @@ Schemes (per-output-channel weights, per-row activations, int8 x int8 -> int32 p
   llm-int8   absmax, but activation columns with a value |x| >= threshold (default 6.0) are
              multiplied in floating point with the dequantized weight columns (LLM.int8()).
 
-The int8 module and the replacement logic live in the model file (`LtgGptInt8Linear`,
-`quantize_linear_layers_`) so that quantized checkpoints load without hf_ltg; this module holds
+The int8 module and the replacement logic live in the model's sibling file `int8_ltg_gpt.py`
+(`LtgGptInt8Linear`, `quantize_linear_layers_`), which travels with every checkpoint, so that
+quantized checkpoints load without hf_ltg; this module holds
 the user-facing entry points and their error checks.
 """
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_directory
-from .gpt.modeling_ltg_gpt import (
+from .gpt.int8_ltg_gpt import (
     QUANTIZATION_SCHEMES,
     LtgGptInt8Linear,
     quantize_absmax,

@@ -14,8 +14,9 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from hf_ltg.conversion.gpt2 import _strip_prefix, config_from_gpt2, gpt2_to_ltg_state_dict
-from hf_ltg.gpt import LtgGptForCausalLM, modeling_ltg_gpt
-from hf_ltg.gpt.modeling_ltg_gpt import ChunkedLinearCrossEntropy, fast_dropout
+from hf_ltg.gpt import LtgGptForCausalLM
+from hf_ltg.gpt import kernels_ltg_gpt as kernels
+from hf_ltg.gpt.kernels_ltg_gpt import ChunkedLinearCrossEntropy, fast_dropout
 
 
 def pair_without_dropout():
@@ -135,11 +136,11 @@ def test_generate_with_static_cache_matches_dynamic_cache(padded):
     assert torch.equal(static, dynamic)
 
 
-@pytest.mark.skipif(modeling_ltg_gpt._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
+@pytest.mark.skipif(kernels._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
 def test_onednn_inference_linear_matches_f_linear(dtype, atol):
     torch.manual_seed(0)
-    layer = modeling_ltg_gpt.Linear(48, 80).to(dtype)
+    layer = kernels.Linear(48, 80).to(dtype)
     for shape in [(1, 48), (3, 1, 48), (2, 7, 48)]:
         x = torch.randn(shape, dtype=dtype)
         with torch.no_grad():
@@ -153,8 +154,11 @@ def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
         calls.append(tuple(x.shape))
         return x @ weight.t() + (0 if bias is None else bias)
 
-    monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_LINEAR", spy)
-    layer = modeling_ltg_gpt.Linear(8, 4)
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", spy)
+    # as on a machine whose probes passed (16-bit products native, so bf16 takes F.linear below)
+    monkeypatch.setattr(kernels, "_PROBED", {(name, torch.float32): True for name in ("onednn_linear", "onednn_training_linear")}
+                        | {("native_16bit_matmul", torch.bfloat16): True, ("onednn_linear", torch.bfloat16): False})
+    layer = kernels.Linear(8, 4)
     x = torch.randn(2, 8)
     with torch.no_grad():
         layer(x)
@@ -171,11 +175,11 @@ def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
     assert len(calls) == 3
 
 
-@pytest.mark.skipif(modeling_ltg_gpt._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
+@pytest.mark.skipif(kernels._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
 @pytest.mark.parametrize("trainable", ["all", "input and bias", "bias only", "input only"])
 def test_onednn_training_linear_gradients_match_f_linear(trainable):
     torch.manual_seed(0)
-    layer = modeling_ltg_gpt.Linear(48, 80)
+    layer = kernels.Linear(48, 80)
     reference = nn.Linear(48, 80)
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(2, 7, 48)
@@ -202,29 +206,34 @@ def test_greedy_decoding_through_onednn_matches_the_plain_path(monkeypatch):
     with torch.no_grad():
         fast_logits = ours(ids).logits
         fast = ours.generate(ids, **settings)
-    monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_LINEAR", None)
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", None)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, fast_logits, atol=1e-5, rtol=0)
         assert torch.equal(ours.generate(ids, **settings), fast)
 
 
-needs_packing = pytest.mark.skipif(modeling_ltg_gpt._ONEDNN_PACK is None, reason="this torch build cannot reorder weights")
+needs_packing = pytest.mark.skipif(kernels._ONEDNN_PACK is None, reason="this torch build cannot reorder weights")
 
 
 @needs_packing
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
 def test_packed_weight_matches_f_linear_and_follows_weight_changes(dtype, atol):
+    """Where packing passed its probe, the reordered copy is used and remade on weight changes;
+    where it did not (bf16 on an AVX2-only CPU), the same layer gives F.linear's results unpacked."""
     torch.manual_seed(0)
-    layer = modeling_ltg_gpt.Linear(48, 80).to(dtype)
+    layer = kernels.Linear(48, 80).to(dtype)
     layer.pack_weight = True
+    packs = kernels.onednn_packing_works(dtype)
     with torch.no_grad():
         for shape in [(1, 48), (5, 48), (2, 7, 48)]:
             x = torch.randn(shape, dtype=dtype)
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
-        packed = modeling_ltg_gpt._PACKED_WEIGHTS[layer][1]
+        assert (layer in kernels._PACKED_WEIGHTS) == packs
+        packed = kernels._PACKED_WEIGHTS[layer][1] if packs else None
         layer.weight.mul_(-2.0)  # an in-place change (an optimizer step, load_state_dict) is seen
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=2 * atol, rtol=0)
-        assert modeling_ltg_gpt._PACKED_WEIGHTS[layer][1] is not packed
+        if packs:
+            assert kernels._PACKED_WEIGHTS[layer][1] is not packed
         layer.weight = nn.Parameter(torch.randn(80, 48, dtype=dtype))  # so is a new tensor
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
 
@@ -236,21 +245,21 @@ def test_pack_cpu_weights_keeps_decoding_and_frees_the_copies():
     ids = torch.randint(0, VOCAB, (2, 5))
     settings = dict(max_new_tokens=20, do_sample=False, pad_token_id=0)
     plain = ours.generate(ids, **settings)
-    linears = [m for m in ours.modules() if isinstance(m, modeling_ltg_gpt.Linear)]
+    linears = [m for m in ours.modules() if isinstance(m, kernels.Linear)]
     assert ours.pack_cpu_weights() is ours
     packed = ours.generate(ids, **settings)
     assert torch.equal(packed, plain)
-    assert all(m in modeling_ltg_gpt._PACKED_WEIGHTS for m in linears)  # the tied head included
+    assert all(m in kernels._PACKED_WEIGHTS for m in linears)  # the tied head included
     copy.deepcopy(ours)  # the opaque copies live outside the modules
     ours.train()(ids, labels=ids).loss.backward()  # training never uses them
     ours.pack_cpu_weights(False)
-    assert not any(m in modeling_ltg_gpt._PACKED_WEIGHTS for m in linears)
+    assert not any(m in kernels._PACKED_WEIGHTS for m in linears)
     assert torch.equal(ours.eval().generate(ids, **settings), plain)
 
 
 def test_pack_cpu_weights_without_onednn_says_so(monkeypatch):
     _, ours = pair_without_dropout()
-    monkeypatch.setattr(modeling_ltg_gpt, "_ONEDNN_PACK", None)
+    monkeypatch.setattr(kernels, "_ONEDNN_PACK", None)
     with pytest.raises(RuntimeError, match="_reorder_linear_weight"):
         ours.pack_cpu_weights()
     ours.pack_cpu_weights(False)  # turning it off always works
@@ -309,7 +318,7 @@ def test_compiled_training_step_fullgraph_matches_eager_with_dropout(dtype, tole
 def test_linear_under_torch_func_transforms():
     """torch.func.grad and vmap see plain F.linear (an autograd.Function would need vmap rules)."""
     torch.manual_seed(0)
-    layer = modeling_ltg_gpt.Linear(6, 3)
+    layer = kernels.Linear(6, 3)
     params = {name: p.detach() for name, p in layer.named_parameters()}
     x = torch.randn(5, 6)
 
