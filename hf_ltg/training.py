@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from .data import IGNORE_INDEX
 
@@ -235,14 +236,16 @@ def _is_sequence_classifier(model) -> bool:
     )
 
 
-class TimeLimitCallback(TrainerCallback):
+class TimeLimitCallback(TrainerCallback, ExportableState):
     """Keeps training within `seconds` of wall time (single process only: ranks would disagree).
 
     It measures the time per step over steps `probe_steps + 1 .. 2 * probe_steps` (the first
     steps are slower: allocation, warm-up) and projects the run's length. If the run would overrun,
     it is shortened to the steps that fit and a cosine learning-rate schedule is re-fitted to that
     length, so a slow (or busy) machine trains for fewer steps but still anneals. A hard stop at
-    `seconds` remains the safety net. The last step is saved, so `--resume` can continue.
+    `seconds` remains the safety net. The last step is saved, so `--resume` can continue; the
+    fitted length is saved with each checkpoint (`state()`, in trainer_state.json), and a resumed
+    run keeps it and its schedule.
     """
 
     def __init__(self, seconds: float, probe_steps: int = 10, clock=time.monotonic):
@@ -250,8 +253,16 @@ class TimeLimitCallback(TrainerCallback):
         self.start = self.start_step = self.stop_at = self.probe_time = None
         self.fitted_steps = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def state(self) -> dict:
+        return {"args": {"seconds": self.seconds, "probe_steps": self.probe_steps},
+                "attributes": {"fitted_steps": self.fitted_steps}}
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         self.start, self.start_step, self.stop_at = self.clock(), state.global_step, None
+        saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
+        fitted = (saved or {}).get("attributes", {}).get("fitted_steps") if isinstance(saved, dict) else None
+        if fitted:  # resuming a run that was fitted to its budget: continue its schedule
+            self._fit(args, lr_scheduler, fitted)
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         if self.start is None:
@@ -264,14 +275,16 @@ class TimeLimitCallback(TrainerCallback):
             remaining = state.max_steps - state.global_step
             budget = self.seconds * 0.97 - elapsed  # a little slack for evaluation and saving
             if remaining * per_step > budget:
-                self.stop_at = state.global_step + max(1, int(budget / per_step))
-                if args.lr_scheduler_type == "cosine":
-                    _refit_cosine_schedule(lr_scheduler, args.get_warmup_steps(self.stop_at), self.stop_at)
-                self.fitted_steps = self.stop_at
+                self._fit(args, lr_scheduler, state.global_step + max(1, int(budget / per_step)))
         if (self.stop_at is not None and state.global_step >= self.stop_at) or elapsed > self.seconds:
             control.should_training_stop = True
             control.should_save = True
         return control
+
+    def _fit(self, args, lr_scheduler, steps: int) -> None:
+        self.stop_at = self.fitted_steps = steps
+        if args.lr_scheduler_type == "cosine":
+            _refit_cosine_schedule(lr_scheduler, args.get_warmup_steps(steps), steps)
 
 
 def _refit_cosine_schedule(lr_scheduler, warmup_steps: int, total_steps: int) -> None:
