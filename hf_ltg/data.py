@@ -150,9 +150,10 @@ def read_classification_file(path: str | os.PathLike, text_column: str = "text",
                              label_column: str = "label") -> list[dict]:
     """Records `{"text", "label", "line"}` from a CSV, TSV or JSONL file.
 
-    CSV/TSV files have a header naming `text_column` and `label_column`; a TSV without such a
-    header is read as the SMS Spam Collection layout `label<TAB>text`. JSONL lines are objects
-    with those two keys.
+    CSV/TSV files have a header naming `text_column` and `label_column`, which is never read as an
+    example; a TSV without a header whose first field is a recurring label is the SMS Spam
+    Collection layout `label<TAB>text`. Any other first line is refused, naming the columns
+    expected. JSONL lines are objects with those two keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -179,12 +180,12 @@ def _read_delimited(path: Path, delimiter: str, text_column: str, label_column: 
     header = [cell.strip() for cell in rows[0][1]]
     if text_column in header and label_column in header:
         text_at, label_at, width, rows = header.index(text_column), header.index(label_column), len(header), rows[1:]
-    elif delimiter == "\t":  # SMS Spam Collection: label<TAB>text, no header
+    elif delimiter == "\t" and _is_headerless_label_text(rows, COLUMN_NAMES | {text_column, label_column}):  # SMS Spam Collection: label<TAB>text
         text_at, label_at, width = 1, 0, 2
     else:
         raise ValueError(
             f"{path} line {rows[0][0]}: the header {header} lacks the columns {text_column!r} and "
-            f"{label_column!r}; name them in the first line (or pass text_column/label_column)."
+            f"{label_column!r}; name them in the first line (or pass --text-column/--label-column)."
         )
     records = []
     for line, row in rows:
@@ -202,6 +203,25 @@ def _read_delimited(path: Path, delimiter: str, text_column: str, label_column: 
             raise ValueError(f"{path} line {line}: the text is empty.")
         records.append({"text": text, "label": label, "line": line})
     return records
+
+
+# Column names of common classification files (GLUE, SMS Spam on Kaggle, review sets): a first
+# line holding one of them is a header, never an example.
+COLUMN_NAMES = {"text", "label", "labels", "sentence", "sentence1", "sentence2", "question", "class", "category",
+                "message", "review", "content", "target", "tweet", "document", "id", "idx", "v1", "v2"}
+
+
+def _is_headerless_label_text(rows: list[tuple[int, list[str]]], column_names) -> bool:
+    """Whether a TSV is the SMS Spam Collection layout `label<TAB>text` without a header.
+
+    Not when the first line has other than two fields or names a column, nor when the labels
+    below repeat (a label column) but the first line's label is not one of them (a header).
+    """
+    first = [cell.strip() for cell in rows[0][1]]
+    if len(first) != 2 or any(cell.lower() in column_names for cell in first):
+        return False
+    labels_below = [row[0].strip() for _, row in rows[1:]]
+    return first[0] in labels_below or len(set(labels_below)) == len(labels_below)
 
 
 def _read_jsonl_records(path: Path, required: Sequence[str]) -> list[dict]:

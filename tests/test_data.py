@@ -163,3 +163,27 @@ def test_datasets_convert_to_and_from_hf_datasets(tok):
     assert hf.column_names == ["input_ids", "attention_mask", "labels"] and len(hf) == len(ds)
     back = from_hf_dataset(hf)
     assert all(torch.equal(back[i]["input_ids"], ds[i]["input_ids"]) for i in range(len(ds)))
+
+
+def test_a_glue_style_tsv_header_is_never_an_example(tok, tmp_path):
+    rows = "".join(f"{text}\t{label}\n" for text, label in [("hide new secretions", 0), ("a charming film", 1)] * 3)
+    (tmp_path / "sst2.tsv").write_text("sentence\tlabel\n" + rows)
+    with pytest.raises(ValueError, match=r"sst2.tsv line 1: the header \['sentence', 'label'\] lacks the columns "
+                                         r"'text' and 'label'.*--text-column/--label-column"):
+        ClassificationDataset.from_file(tmp_path / "sst2.tsv", tok)
+
+    ds = ClassificationDataset.from_file(tmp_path / "sst2.tsv", tok, text_column="sentence")
+    assert len(ds) == 6 and ds.label2id == {"0": 0, "1": 1}
+    assert ds[0]["input_ids"].tolist() == tok("hide new secretions")["input_ids"]
+
+
+def test_a_tsv_header_with_unknown_names_over_sms_rows_is_refused_not_read(tok, tmp_path):
+    write_sms(tmp_path / "sms.tsv", [("kind", "words"), ("ham", "see you"), ("spam", "win now"), ("ham", "ok")])
+    with pytest.raises(ValueError, match=r"sms.tsv line 1: the header \['kind', 'words'\] lacks the columns"):
+        ClassificationDataset.from_file(tmp_path / "sms.tsv", tok)
+
+
+def test_a_headerless_sms_spam_tsv_keeps_its_first_line_as_an_example(tok, tmp_path):
+    write_sms(tmp_path / "sms.tsv", [("ham", "see you"), ("spam", "win now"), ("ham", "ok")])
+    ds = ClassificationDataset.from_file(tmp_path / "sms.tsv", tok)
+    assert len(ds) == 3 and [ds[i]["labels"].item() for i in range(3)] == [0, 1, 0]
