@@ -21,8 +21,13 @@ from torch.utils.data import Dataset
 
 IGNORE_INDEX = -100
 
+# The two prompt headers of Stanford Alpaca (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT).
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+ALPACA_HEADER_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request."
 )
 
@@ -336,11 +341,11 @@ class ClassificationDataset(TensorDictDataset):
 
 
 def format_alpaca_prompt(instruction: str, input: str = "") -> str:
-    """The Alpaca prompt up to and including "### Response:\\n" (the response follows)."""
-    prompt = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
+    """The Alpaca prompt up to and including "### Response:\\n" (the response follows): the
+    published template with an input when `input` has text, the one without otherwise."""
     if input and input.strip():
-        prompt += f"\n\n### Input:\n{input}"
-    return prompt + "\n\n### Response:\n"
+        return f"{ALPACA_HEADER_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 def read_instruction_file(path: str | os.PathLike) -> list[dict]:

@@ -108,11 +108,16 @@ def test_classification_bad_input_names_file_line_and_problem(tok, tmp_path):
 def test_instruction_items_follow_the_alpaca_format_and_end_with_eos(tok):
     record = {"instruction": "Name a loop.", "input": "Python", "output": "for"}
     prompt = format_alpaca_prompt("Name a loop.", "Python")
-    assert prompt == (
-        "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\nName a loop.\n\n### Input:\nPython\n\n### Response:\n"
+    assert prompt == (  # Stanford Alpaca's prompt_input
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\nName a loop.\n\n"
+        "### Input:\nPython\n\n### Response:\n"
     )
-    assert "### Input" not in format_alpaca_prompt("Name a loop.", "")
+    assert format_alpaca_prompt("Name a loop.", "") == (  # Stanford Alpaca's prompt_no_input
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\nName a loop.\n\n### Response:\n"
+    )
+    assert format_alpaca_prompt("Name a loop.", "  ") == format_alpaca_prompt("Name a loop.", "")
     item = InstructionDataset([record], tok, max_length=200)[0]
     assert tok.decode(item["input_ids"]) == prompt + "for" + tok.eos_token
     assert torch.equal(item["labels"], item["input_ids"])
