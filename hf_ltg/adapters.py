@@ -20,6 +20,7 @@ peft's defaults for `LoraConfig(target_modules=None)` come from `hf_ltg.registra
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from .checkpoint import atomic_directory, save_checkpoint
 
 ADAPTER_METHODS = ("lora", "prompt", "ptuning", "prefix")
+# Beside a classification adapter: the labels of its head, which the base checkpoint does not know.
+LABELS_FILE = "labels.json"
 PROMPT_METHODS = ("prompt", "ptuning", "prefix")
 ALL_LINEAR = "all-linear"
 
@@ -400,6 +403,7 @@ def save_adapter_or_merged(model, out, tokenizer=None, merge: bool = False, gene
             config.base_model_name_or_path = str(Path(base).resolve())
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
+        save_head_labels(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if generation_config is not None:
@@ -408,6 +412,21 @@ def save_adapter_or_merged(model, out, tokenizer=None, merge: bool = False, gene
     if hint:
         print(hint, flush=True)
     return Path(out)
+
+
+def save_head_labels(model, folder) -> None:
+    """Write `labels.json` (id2label, label2id, problem_type) beside a classification adapter, so
+    that `hf-ltg export --merge` gives the merged checkpoint its labels (an adapter folder holds no
+    config.json)."""
+    if not isinstance(model, PeftModel) or model.active_peft_config.task_type not in (TaskType.SEQ_CLS,
+                                                                                      TaskType.TOKEN_CLS):
+        return
+    config = model.get_base_model().config
+    id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    labels = {"id2label": {str(i): id2label[i] for i in sorted(id2label)},
+              "label2id": {v: i for i, v in sorted(id2label.items())},
+              "problem_type": getattr(config, "problem_type", None)}
+    (Path(folder) / LABELS_FILE).write_text(json.dumps(labels, indent=2) + "\n")
 
 
 def _head_loading_hint(model, out) -> str | None:

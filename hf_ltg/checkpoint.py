@@ -72,7 +72,7 @@ def _weights_file_in(folder: Path) -> Path:
 # What hf_ltg writes into a checkpoint or adapter folder; a folder holding anything else is the
 # user's, and is never replaced.
 CHECKPOINT_FILE = re.compile(
-    r"^(config\.json|generation_config\.json|adapter_config\.json|README\.md|training_curves\.png"
+    r"^(config\.json|generation_config\.json|adapter_config\.json|labels\.json|README\.md|training_curves\.png"
     r"|[\w.-]+\.safetensors|model\.safetensors\.index\.json|pytorch_model\.bin|adapter_model\.bin"
     r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|tokenizer\.model"
     r"|vocab\.json|vocab\.txt|merges\.txt|chat_template\.jinja|chat_template\.json|\w+_ltg_(gpt|bert)\.py)$"

@@ -358,6 +358,13 @@ class LtgTrainer(Trainer):
                 _write(f"[step {self.state.global_step}] sample: {shown!r} -> {sample!r}")
         return metrics
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            from .adapters import save_head_labels
+
+            save_head_labels(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
         if self.plot and self.is_world_process_zero():

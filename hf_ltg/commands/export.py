@@ -27,6 +27,9 @@ def add_parser(subparsers):
     parser.add_argument("--training-dir",
                         help="Trainer output folder holding trainer_state.json when it is not beside SRC "
                         "(hf-ltg's training commands keep it in their --work-dir, runs/<name> by default)")
+    parser.add_argument("--id2label", metavar="NAME,NAME,...",
+                        help="with --merge of a classification adapter: the class names in id order (default: those "
+                             "saved with the adapter by hf-ltg finetune-cls)")
     parser.add_argument("--name", help="model name in the card (default: the name of OUT)")
     parser.add_argument("--license", help="license id for the card metadata, e.g. apache-2.0")
     parser.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from")
@@ -42,7 +45,8 @@ def run(args) -> int:
     check_output(args.out, args.overwrite, [args.src, args.training_dir])
     common = dict(tokenizer=args.tokenizer, license=args.license, base_model=args.base_model,
                   datasets=args.datasets, language=args.language, name=args.name, merge=args.merge,
-                  training_dir=args.training_dir)
+                  training_dir=args.training_dir,
+                  id2label=[n.strip() for n in args.id2label.split(",")] if args.id2label else None)
     if args.native:
         out = export_native(args.src, args.out, **common)
     else:

@@ -32,7 +32,7 @@ PEFT_TASKS = {
 def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
                       tokenizer=None, license: str | None = None, base_model: str | None = None,
                       datasets: list[str] | tuple = (), language: list[str] | tuple = (),
-                      name: str | None = None, training_dir=None) -> Path:
+                      name: str | None = None, training_dir=None, id2label=None) -> Path:
     """Write `out`: safetensors weights (sharded above `max_shard_size`, with an index), config with
     the family's full auto_map, code, tokenizer, generation config and a model card.
 
@@ -40,10 +40,12 @@ def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | in
     or a peft adapter folder (needs `merge=True`). `tokenizer` is a folder to take the tokenizer
     from when the source has none; `training_dir` a Trainer output folder to read the training
     record from when it is not beside the model (hf-ltg's training commands keep it in
-    --work-dir). Returns `out`.
+    --work-dir). A merged classification adapter gets the labels of its head: `id2label` (a
+    mapping or a list of names in id order), else those saved with the adapter (labels.json),
+    else the base config's when their number matches the head. Returns `out`.
     """
     source = resolve_source(src)
-    model = _load_model(source, merge)
+    model = _load_model(source, merge, id2label)
     tokenizer_dir = _tokenizer_folder(source, tokenizer)
     family_map = _family_auto_map(model.config)
     model.config.auto_map = dict(family_map)
@@ -71,7 +73,7 @@ def export_checkpoint(src, out, *, merge: bool = False, max_shard_size: str | in
 
 def export_native(src, out, *, tokenizer=None, license: str | None = None, base_model: str | None = None,
                   datasets: list[str] | tuple = (), language: list[str] | tuple = (), name: str | None = None,
-                  merge: bool = False, training_dir=None) -> Path:
+                  merge: bool = False, training_dir=None, id2label=None) -> Path:
     """Write `out` as a stock `gpt2` checkpoint (GPT2LMHeadModel / GPT2ForSequenceClassification /
     GPT2ForTokenClassification) that loads without remote code, with tokenizer and model card.
 
@@ -89,7 +91,7 @@ def export_native(src, out, *, tokenizer=None, license: str | None = None, base_
             if not merge:
                 _require_merge(source)
             model_dir = Path(work) / "merged"
-            export_checkpoint(src, model_dir, merge=True, tokenizer=tokenizer)
+            export_checkpoint(src, model_dir, merge=True, tokenizer=tokenizer, id2label=id2label)
         tokenizer_dir = _tokenizer_folder(source, tokenizer)
         out = Path(out)
         with atomic_directory(out) as tmp:
@@ -113,7 +115,7 @@ def export_native(src, out, *, tokenizer=None, license: str | None = None, base_
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_model(source: Source, merge: bool):
+def _load_model(source: Source, merge: bool, id2label=None):
     from transformers import AutoConfig
 
     from .. import registration
@@ -131,11 +133,55 @@ def _load_model(source: Source, merge: bool):
     config_dir = source.model_dir if (source.model_dir / "config.json").is_file() else base_dir
     config = AutoConfig.from_pretrained(config_dir)
     auto_name = PEFT_TASKS.get(source.adapter.get("task_type") or "")
+    if source.adapter.get("task_type") in ("SEQ_CLS", "TOKEN_CLS"):
+        _set_head_labels(config, source.model_dir, id2label)
+    elif id2label is not None:
+        raise ValueError(f"--id2label names the classes of a classifier, but {source.model_dir} is a "
+                         f"{source.adapter.get('task_type')} adapter; drop --id2label.")
     model_class = _model_class(config, auto_name)
     base = model_class.from_pretrained(base_dir, config=config)
     merged = PeftModel.from_pretrained(base, source.model_dir).merge_and_unload()
     merged.config.name_or_path = str(base_dir)
     return merged
+
+
+def _set_head_labels(config, adapter_dir: Path, id2label=None) -> None:
+    """Give the base `config` the labels of the adapter's classification head."""
+    from ..adapters import LABELS_FILE
+
+    outputs = _head_outputs(adapter_dir, config.hidden_size)
+    saved = json.loads((adapter_dir / LABELS_FILE).read_text()) if (adapter_dir / LABELS_FILE).is_file() else {}
+    if id2label is not None:
+        names = list(id2label) if isinstance(id2label, (list, tuple)) else [id2label[k] for k in sorted(id2label, key=int)]
+        labels = dict(enumerate(names))
+    elif saved.get("id2label"):
+        labels = {int(k): v for k, v in saved["id2label"].items()}
+    elif outputs is not None and outputs != config.num_labels:
+        labels = {i: f"LABEL_{i}" for i in range(outputs)}
+        print(f"{adapter_dir} does not record its labels ({LABELS_FILE}); the merged head has {outputs} generic ones: "
+              "name them with --id2label NAME,NAME,...", flush=True)
+    else:
+        return
+    if outputs is not None and len(labels) != outputs:
+        raise ValueError(f"{len(labels)} labels {list(labels.values())} for a head with {outputs} outputs in "
+                         f"{adapter_dir}; give --id2label {outputs} names, in id order.")
+    config.id2label, config.label2id = labels, {v: k for k, v in labels.items()}
+    if saved.get("problem_type"):
+        config.problem_type = saved["problem_type"]
+
+
+def _head_outputs(adapter_dir: Path, hidden_size: int) -> int | None:
+    """The number of classes of the head saved whole with the adapter: the output size of its
+    weights that are neither LoRA's nor hidden-to-hidden (None when that is not one number)."""
+    from safetensors import safe_open
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(path, framework="pt") as handle:
+        shapes = [handle.get_slice(key).get_shape() for key in handle.keys() if "lora_" not in key]
+    outputs = {shape[0] for shape in shapes if len(shape) == 2 and shape[1] == hidden_size and shape[0] != hidden_size}
+    return outputs.pop() if len(outputs) == 1 else None
 
 
 def _require_merge(source: Source):
