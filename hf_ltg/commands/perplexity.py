@@ -8,7 +8,8 @@ def add_parser(subparsers):
         "perplexity",
         help="perplexity of a text file under a causal-LM checkpoint (sliding window with a stride)",
         description="Score every token of FILE (but the first) once, with windows of --max-length tokens "
-                    "every --stride tokens; the overlap serves as context.",
+                    "every --stride tokens; the overlap serves as context. A masked-LM checkpoint (LTG-BERT) is "
+                    "scored left to right, which is not its training objective: the output says so.",
     )
     parser.add_argument("file", help="UTF-8 text file")
     parser.add_argument("--model", default="checkpoints/main-job", help="checkpoint folder (default: %(default)s)")
@@ -17,6 +18,17 @@ def add_parser(subparsers):
     parser.add_argument("--batch-size", type=int, default=8)
     add_int8_argument(parser)
     parser.set_defaults(func=run)
+
+
+def masked_lm_note(model) -> str | None:
+    """What the number means when the checkpoint was trained as a masked LM, not a causal one."""
+    trained_as = [a for a in (model.config.architectures or []) if a.endswith("ForMaskedLM")]
+    if not trained_as or any(a.endswith("ForCausalLM") for a in model.config.architectures):
+        return None
+    return (f"note: {model.config.name_or_path} was trained as a masked language model ({trained_as[0]}); this is the "
+            f"perplexity of its causal, left-to-right use ({type(model).__name__}: each token predicted from the "
+            "tokens before it only), not of its training objective, and it is not comparable with a causal LM's "
+            "(other tokenizers split the text into other tokens).")
 
 
 def run(args) -> int:
@@ -40,7 +52,10 @@ def run(args) -> int:
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if len(ids) < 2:
         raise ValueError(f"{args.file} has {len(ids)} token(s); perplexity needs at least 2.")
+    note = masked_lm_note(model)
+    if note:
+        print(note)
     result = sliding_window_perplexity(model, ids, max_length, stride, batch_size=args.batch_size)
-    print(f"perplexity {result['perplexity']:.3f} (mean NLL {result['nll']:.4f} nats) over {result['tokens']:,} tokens "
+    print(f"{'causal (left-to-right) ' if note else ''}perplexity {result['perplexity']:.3f} (mean NLL {result['nll']:.4f} nats) over {result['tokens']:,} tokens "
           f"of {args.file}, windows of {max_length} every {stride}")
     return 0
