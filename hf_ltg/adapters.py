@@ -405,7 +405,9 @@ def save_adapter_or_merged(model, out, tokenizer=None, merge: bool = False, gene
         model.save_pretrained(tmp)
         save_head_labels(model, tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            from .tokenization import save_tokenizer
+
+            save_tokenizer(tokenizer, tmp, model.config)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
     hint = _head_loading_hint(model, out)

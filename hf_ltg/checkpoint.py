@@ -169,7 +169,9 @@ def save_checkpoint(model, out_dir, tokenizer=None, generation_config=None, over
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            from .tokenization import save_tokenizer
+
+            save_tokenizer(tokenizer, tmp, model.config)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
     return Path(out_dir)

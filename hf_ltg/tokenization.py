@@ -1,12 +1,15 @@
 """Tokenizers: train a byte-level BPE (GPT) or WordPiece (LTG-BERT) tokenizer, or load GPT-2's.
 
 Every function returns a `transformers.PreTrainedTokenizerFast` (on transformers 5 the class is
-`TokenizersBackend`), which `save_pretrained` writes as `tokenizer.json` + `tokenizer_config.json`
-that `AutoTokenizer.from_pretrained` loads without any code of ours.
+`TokenizersBackend`). `save_tokenizer` writes it as `tokenizer.json` + a `tokenizer_config.json`
+naming `PreTrainedTokenizerFast`, a class of transformers 4.x and 5.x alike (5.x itself would write
+`TokenizersBackend`, which 4.x lacks), so that `AutoTokenizer.from_pretrained` loads it on either
+without any code of ours.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -14,6 +17,11 @@ from pathlib import Path
 ENDOFTEXT = "<|endoftext|>"
 WORDPIECE_SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 KINDS = ("bpe", "wordpiece")
+# The tokenizer class written into tokenizer_config.json: transformers 4.x has it, 5.x maps it to
+# TokenizersBackend. Both load tokenizer.json with it, without remote code.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+# Loading arguments that transformers 5 records in the saved config; they describe one load, not the tokenizer.
+_LOAD_ONLY_KEYS = ("is_local", "local_files_only")
 
 
 def train_tokenizer(
@@ -109,7 +117,9 @@ def _wrap(tokenizer, kind: str, special_tokens: list[str], model_max_length: int
         eos = ENDOFTEXT if ENDOFTEXT in special_tokens else special_tokens[0]
         tokens = dict(bos_token=eos, eos_token=eos, unk_token=eos, pad_token=eos)
     else:
-        tokens = dict(unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
+        # bos/eos are [CLS]/[SEP], the ids LtgBertConfig's bos/eos_token_id default to; generate needs them.
+        tokens = dict(unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]",
+                      bos_token="[CLS]", eos_token="[SEP]")
     extra = [t for t in special_tokens if t not in tokens.values()]
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **tokens)
     if extra:
@@ -167,6 +177,46 @@ def load_tokenizer(path: str | os.PathLike):
 
         return AutoTokenizer.from_pretrained(path)
     return load_gpt2_tokenizer(path)
+
+
+def save_tokenizer(tokenizer, folder: str | os.PathLike, config=None) -> None:
+    """`tokenizer.save_pretrained(folder)`, loadable by `AutoTokenizer` on transformers 4.57 and 5.x.
+
+    With a model `config`, a tokenizer without bos/eos tokens gets the config's (e.g. [CLS]/[SEP]
+    for LTG-BERT), so that generate and pipelines see the same ids as the model.
+    """
+    if config is not None:
+        for kind in ("bos", "eos"):
+            token_id = getattr(config, f"{kind}_token_id", None)
+            if getattr(tokenizer, f"{kind}_token", None) is None and isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+                setattr(tokenizer, f"{kind}_token", tokenizer.convert_ids_to_tokens(token_id))
+    tokenizer.save_pretrained(folder)
+    make_tokenizer_config_portable(folder)
+
+
+def make_tokenizer_config_portable(folder: str | os.PathLike) -> bool:
+    """Rewrite `folder/tokenizer_config.json` to name `PORTABLE_TOKENIZER_CLASS` and no tokenizer code.
+
+    Only for a folder with `tokenizer.json` (which that class loads) whose config names no class, a
+    class transformers 4.x lacks (`TokenizersBackend`) or remote tokenizer code (`auto_map`). Other
+    configs (e.g. `GPT2Tokenizer` over vocab.json + merges.txt) are left as they are. Returns
+    whether the file changed.
+    """
+    folder = Path(folder)
+    path = folder / "tokenizer_config.json"
+    if not (path.is_file() and (folder / "tokenizer.json").is_file()):
+        return False
+    config = json.loads(path.read_text(encoding="utf-8"))
+    before = dict(config)
+    if config.get("tokenizer_class") in (None, "TokenizersBackend") or "auto_map" in config:
+        config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    config.pop("auto_map", None)
+    for key in _LOAD_ONLY_KEYS:
+        config.pop(key, None)
+    if config == before:
+        return False
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
 
 
 def check_tokenizer_fits(tokenizer, config) -> None:

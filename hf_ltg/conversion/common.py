@@ -60,12 +60,16 @@ def read_json_config(path) -> dict:
 
 
 def copy_tokenizer_files(src_folder: Path, out_folder: Path) -> list[str]:
-    """Copy whichever tokenizer files sit in `src_folder` into `out_folder`."""
+    """Copy whichever tokenizer files sit in `src_folder` into `out_folder`, with a tokenizer_config.json
+    that transformers 4.x and 5.x load without remote code (see `make_tokenizer_config_portable`)."""
+    from ..tokenization import make_tokenizer_config_portable
+
     copied = []
     for name in TOKENIZER_FILES:
         if (src_folder / name).is_file():
             shutil.copy2(src_folder / name, out_folder / name)
             copied.append(name)
+    make_tokenizer_config_portable(out_folder)
     return copied
 
 

@@ -99,7 +99,9 @@ def convert_ltg_bert(src, out, config_path, layout: str = "babylm") -> Path:
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            from ..tokenization import save_tokenizer
+
+            save_tokenizer(tokenizer, tmp, model.config)
         else:
             copy_tokenizer_files(tokenizer_folder, tmp)
     return Path(out)
