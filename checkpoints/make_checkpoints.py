@@ -41,12 +41,12 @@ def make_gpt(work: Path, out: Path) -> None:
     run("pretrain", *SIZE, "--vocab-size", "2048", "--max-length", "64", "--batch-size", "16",
         "--max-steps", "150", "--eval-steps", "50", "--logging-steps", "10", "--learning-rate", "3e-3",
         "--warmup", "10", "--seed", "0", "--time-limit", "0", "--output", str(lm), "--work-dir", str(work / "runs-lm"))
-    run("export", str(lm), str(out / "ltg-gpt-lm"), "--training-dir", str(work / "runs-lm"),
+    run("export", "--overwrite", str(lm), str(out / "ltg-gpt-lm"), "--training-dir", str(work / "runs-lm"),
         "--license", "apache-2.0", "--language", "en")
     run("finetune-cls", "--model", str(lm), "--max-length", "64", "--batch-size", "16", "--max-steps", "60",
         "--eval-steps", "30", "--logging-steps", "10", "--learning-rate", "2e-3", "--seed", "0", "--time-limit", "0",
         "--output", str(classifier), "--work-dir", str(work / "runs-classifier"))
-    run("export", str(classifier), str(out / "ltg-gpt-classifier"), "--training-dir", str(work / "runs-classifier"),
+    run("export", "--overwrite", str(classifier), str(out / "ltg-gpt-classifier"), "--training-dir", str(work / "runs-classifier"),
         "--license", "apache-2.0", "--language", "en")
 
 
@@ -85,7 +85,7 @@ def make_ltg_bert(work: Path, out: Path) -> None:
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15))
     trainer.train()
     save_checkpoint(model, work / "bert-mlm", tokenizer=tokenizer)
-    run("export", str(work / "bert-mlm"), str(out / "ltg-bert-mlm"), "--training-dir", str(runs),
+    run("export", "--overwrite", str(work / "bert-mlm"), str(out / "ltg-bert-mlm"), "--training-dir", str(runs),
         "--license", "apache-2.0", "--language", "en")
 
 

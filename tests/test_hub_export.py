@@ -33,8 +33,8 @@ def test_export_writes_every_file_of_a_hub_folder_and_restores_the_full_auto_map
 
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "configuration_ltg_gpt.py", "generation_config.json", "model.safetensors",
-        "modeling_ltg_gpt.py", "tokenizer.json", "tokenizer_config.json",
+        "README.md", "config.json", "configuration_ltg_gpt.py", "generation_config.json", "int8_ltg_gpt.py",
+        "kernels_ltg_gpt.py", "model.safetensors", "modeling_ltg_gpt.py", "tokenizer.json", "tokenizer_config.json",
     ]
     assert json.loads((out / "config.json").read_text())["auto_map"] == AUTO_MAP
     exported = load_state_dict(out)
