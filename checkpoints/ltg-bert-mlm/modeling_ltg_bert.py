@@ -9,13 +9,14 @@ This file is copied into every checkpoint: it imports only torch, transformers a
 sibling configuration file.
 """
 
+import inspect
 import math
+import types
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -30,6 +31,16 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_ltg_bert import LtgBertConfig
+
+try:  # transformers >= 5: initialisers that skip tensors loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x: torch.nn.init, skipping tensors the loader marked as loaded
+    def _skip_loaded(initialise):
+        def wrapped(tensor, *args, **kwargs):
+            return tensor if getattr(tensor, "_is_hf_initialized", False) else initialise(tensor, *args, **kwargs)
+        return wrapped
+
+    init = types.SimpleNamespace(**{name: _skip_loaded(getattr(nn.init, name)) for name in ("trunc_normal_", "zeros_", "ones_")})
 
 # transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (forward arguments,
 # output fields, generate). This file runs on both sides of the rename: forwards take either
@@ -86,6 +97,30 @@ def eager_attention_forward(module, query, key, value, attention_mask, dropout=0
     return output, probs
 
 
+def sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                           position_bias=None, **kwargs):
+    """SDPA with the position bias folded into a float mask, as transformers >= 5.23's own SDPA
+    function does; used where the installed one takes no `position_bias`."""
+    mask = position_bias
+    if attention_mask is not None:
+        mask = torch.where(attention_mask, position_bias, torch.finfo(query.dtype).min)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return output.transpose(1, 2).contiguous(), None  # [B, Tq, H, hd]
+
+
+def attention_function(name: str):
+    """The attention function registered as `name` (eager: ours), one that takes `position_bias`."""
+    if name == "eager":
+        return eager_attention_forward
+    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+        function = ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
+    else:  # older releases (4.x, 5.0): a plain mapping
+        function = ALL_ATTENTION_FUNCTIONS.get(name, eager_attention_forward)
+    if name == "sdpa" and "position_bias" not in inspect.signature(function).parameters:
+        return sdpa_attention_forward
+    return function
+
+
 class LtgBertEmbedding(nn.Module):
     """Word embeddings (normalised, no positions) and the normalised relative-position table."""
 
@@ -135,12 +170,7 @@ class LtgBertAttention(nn.Module):
             key, value = past_key_values.update(key, value, self.layer_idx)
 
         position_bias = self._position_bias(query, key, relative_embedding, position_buckets)
-        if output_attentions:
-            attention_interface = eager_attention_forward
-        else:
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
+        attention_interface = attention_function("eager" if output_attentions else self.config._attn_implementation)
         output, probs = attention_interface(
             self, query, key, value, attention_mask,
             dropout=self.dropout.p if self.training else 0.0,

@@ -11,12 +11,13 @@ The three files are copied into every checkpoint next to `configuration_ltg_gpt.
 only torch, transformers and each other, never hf_ltg.
 """
 
+import inspect
 import math
+import types
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -33,6 +34,20 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from .configuration_ltg_gpt import LtgGptConfig
 from .int8_ltg_gpt import quantize_linear_layers_
 from .kernels_ltg_gpt import Dropout, Linear, chunked_causal_lm_loss, fast_dropout, pack_cpu_weights
+
+try:  # transformers >= 5: initialisers that skip tensors loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x: torch.nn.init, skipping tensors the loader marked as loaded
+    def _skip_loaded(initialise):
+        def wrapped(tensor, *args, **kwargs):
+            return tensor if getattr(tensor, "_is_hf_initialized", False) else initialise(tensor, *args, **kwargs)
+        return wrapped
+
+    init = types.SimpleNamespace(**{name: _skip_loaded(getattr(nn.init, name)) for name in ("normal_", "zeros_", "ones_")})
+
+# transformers <= 5.0 build the causal mask from explicit cache positions; later releases derive
+# them from the cache.
+MASK_TAKES_CACHE_POSITION = "cache_position" in inspect.signature(create_causal_mask).parameters
 
 # transformers 5.24 renamed the KV cache from `past_key_values` to `cache` (forward arguments,
 # output fields, generate). This file runs on both sides of the rename: forwards take either
@@ -95,9 +110,12 @@ class LtgGptAttention(nn.Module):
         # unfused kernel with slow dropout: the eager path with `fast_dropout` beats it.
         cpu_dropout = attention_dropout > 0 and query.device.type == "cpu"
         if not output_attentions and not (cpu_dropout and self.config._attn_implementation == "sdpa"):
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention_forward
-            )
+            if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+                attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                    self.config._attn_implementation, eager_attention_forward
+                )
+            else:  # older releases (4.x, 5.0): a plain mapping
+                attention_interface = ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, eager_attention_forward)
         output, weights = attention_interface(
             self,
             query,
@@ -265,7 +283,13 @@ class LtgGptModel(LtgGptPreTrainedModel):
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, D)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
-        causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
+        if MASK_TAKES_CACHE_POSITION:
+            cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+            causal_mask = create_causal_mask(
+                self.config, inputs_embeds, attention_mask, cache_position, past_key_values, position_ids
+            )
+        else:
+            causal_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, past_key_values, position_ids)
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
