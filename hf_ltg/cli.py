@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import hf_ltg
+
+    hf_ltg.load()  # deferred by the console script (hf_ltg_cli) so that --help is quick
     try:
         result = args.func(args)
     except (CommandError, FileNotFoundError, ValueError) as error:

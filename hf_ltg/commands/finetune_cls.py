@@ -4,7 +4,7 @@ Default data: the summary lines of standard-library docstrings, labelled by modu
 (see `hf_ltg.default_data`); reports validation accuracy next to the majority-class baseline.
 """
 
-from ..adapters import add_adapter_arguments
+from ..adapter_options import add_adapter_arguments
 from . import _training
 
 

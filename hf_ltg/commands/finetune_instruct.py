@@ -4,7 +4,7 @@ Default data: instructions built from the standard library (what a function, a k
 reference section does; see `hf_ltg.default_data`). Reports validation loss before and after.
 """
 
-from ..adapters import add_adapter_arguments
+from ..adapter_options import add_adapter_arguments
 from . import _training
 
 
