@@ -148,8 +148,8 @@ def test_resuming_the_command_from_its_last_checkpoint_gives_the_same_model(smal
     shutil.rmtree(tmp_path / "work" / "checkpoint-8")
     code, resumed = run_cli(*common, "--resume", "--output", tmp_path / "resumed", "--work-dir", tmp_path / "work")
     assert code == 0, resumed
-    losses = [re.search(r"training losses: (\[.*\])", text)[1] for text in (full, resumed)]
-    assert json.loads(losses[0]) == json.loads(losses[1])
+    losses = [json.loads(Path(re.search(r"logged values in (\S+)", text)[1]).read_text()) for text in (full, resumed)]
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
@@ -224,8 +224,9 @@ def test_torchrun_two_processes_train_with_equal_losses_and_write_one_checkpoint
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    losses = dict(re.findall(r"\[rank (\d)/2\] training losses: (\[.*\])", result.stdout))
-    assert set(losses) == {"0", "1"} and losses["0"] == losses["1"] and len(json.loads(losses["0"])) == 4
+    files = dict(re.findall(r"\[rank (\d)/2\] training loss .* logged values in (\S+)", result.stdout))
+    losses = {rank: json.loads(Path(path).read_text()) for rank, path in files.items()}
+    assert set(losses) == {"0", "1"} and losses["0"] == losses["1"] and len(losses["0"]) == 4
     assert result.stdout.count("wrote ") == 1
     assert set(os.listdir(tmp_path / "ckpt")) >= CHECKPOINT_FILES
     assert leftovers(tmp_path) == []

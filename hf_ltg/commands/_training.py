@@ -1,5 +1,6 @@
 """Options and steps shared by the training commands (pretrain, finetune-cls, finetune-instruct)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -100,11 +101,22 @@ def train(trainer, args):
     return trainer.train(resume_from_checkpoint=resume)
 
 
-def report_losses(trainer) -> None:
-    """One line per process: the logged training losses (equal on every rank under DDP)."""
-    losses = [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
-    prefix = f"[rank {trainer.args.process_index}/{trainer.args.world_size}] " if trainer.args.world_size > 1 else ""
-    print(f"{prefix}training losses: {losses}", flush=True)
+def report_losses(trainer) -> Path:
+    """One summary line per process (first and last logged training loss); every logged value goes to
+    `training_losses.json` in the work folder (`training_losses.rank{i}.json` under DDP, where the
+    ranks' values are equal). Returns that file."""
+    logged = [(entry["step"], round(entry["loss"], 4)) for entry in trainer.state.log_history if "loss" in entry]
+    world = trainer.args.world_size
+    name = f"training_losses.rank{trainer.args.process_index}.json" if world > 1 else "training_losses.json"
+    path = Path(trainer.args.output_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([loss for _, loss in logged]))
+    prefix = f"[rank {trainer.args.process_index}/{world}] " if world > 1 else ""
+    if logged:
+        (first_step, first), (last_step, last) = logged[0], logged[-1]
+        print(f"{prefix}training loss {first:.3f} (step {first_step}) -> {last:.3f} (step {last_step}); "
+              f"{len(logged)} logged values in {path}", flush=True)
+    return path
 
 
 def save(trainer, out, tokenizer, generation_config=None, merge=False) -> None:
