@@ -62,6 +62,7 @@ class Checks:
     def __init__(self, reference):
         self.results = {}
         self.reference = reference
+        self.compared, self.largest_diff = 0, 0.0  # heads compared with the reference, their largest |diff|
 
     def record(self, check, ok, detail=""):
         """Keep the first failure of a check (later passes of the same check do not hide it)."""
@@ -82,6 +83,8 @@ class Checks:
             return
         diff = (value.float() - ref).abs().max().item()
         self.record("fp32 logits = reference", diff <= TOLERANCE, f"{key}: max |diff| {diff:.2e}")
+        self.largest_diff = max(self.largest_diff, diff)
+        self.compared += 1
 
     def compare_tokens(self, key, tokens, tensors):
         tensors[key] = tokens.clone()
@@ -232,6 +235,9 @@ def check_folder(folder, reference, tensors, tokenizer_output):
         check_generate(name, models["AutoModelForCausalLM"], tokenizer, checks, tensors)
     check_pipelines(folder, config.model_type, tokenizer, checks)
     check_bf16(name, config, models, tokenizer, checks)
+    fp32 = checks.results.get("fp32 logits = reference")
+    if fp32 is not None and fp32[0]:
+        fp32[1] = f"{checks.compared} heads, max |diff| {checks.largest_diff:.1e}"
     return checks.results
 
 

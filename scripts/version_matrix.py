@@ -160,6 +160,10 @@ def main(argv=None) -> int:
                     print(f"  {version} / {column}: {detail}", file=sys.stderr)
                 if "error" in results:
                     break
+    for version, results in rows.items():
+        if "error" not in results:
+            compared = {name: checks.get(COLUMNS[1], [False, ""])[1] for name, checks in results["checkpoints"].items()}
+            print(f"  {version} fp32 logits: " + "; ".join(f"{n} {d}" for n, d in compared.items()), file=sys.stderr)
     print(f"reference: this interpreter (transformers {reference['transformers']}); "
           f"{len(folders)} checkpoints; {time.monotonic() - start:.0f} s", file=sys.stderr)
     return 1 if failed else 0
