@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def train_tokenizer(
             min_frequency=min_frequency,
             special_tokens=special_tokens,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            show_progress=_show_progress(),
         )
     else:
         special_tokens = list(special_tokens or WORDPIECE_SPECIAL_TOKENS)
@@ -78,7 +79,7 @@ def train_tokenizer(
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens, show_progress=False
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens, show_progress=_show_progress()
         )
 
     tokenizer.train_from_iterator(texts, trainer)
@@ -89,6 +90,11 @@ def train_tokenizer(
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
     return _wrap(tokenizer, kind, special_tokens, model_max_length)
+
+
+def _show_progress() -> bool:
+    """The tokenizers trainer's progress bar, on a terminal only (not in logs or captured output)."""
+    return sys.stderr.isatty()
 
 
 def _training_texts(files, iterator) -> Iterator[str]:
