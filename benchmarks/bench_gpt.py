@@ -3,6 +3,11 @@
     python benchmarks/bench_gpt.py --size gpt2-small      # the full table (~10 min on 2 CPU cores)
     python benchmarks/bench_gpt.py --quick                # a tiny model, a few steps (CI)
     python benchmarks/bench_gpt.py --device cuda          # the same on a GPU, with MFU
+    python benchmarks/bench_gpt.py --isa avx2             # as on an AVX2-only CPU (oneDNN and ATen capped)
+
+The header names the CPU, the ISA flags that decide the CPU paths (avx2, avx512f, avx512_bf16,
+amx), the ISA cap in force, and what the model's one-time probes decided (oneDNN linear per dtype,
+native 16-bit products).
 
 A random GPT2LMHeadModel is saved and converted with `convert_from_hf_gpt2`, so both sides
 compute the same function. Contestants run alternately (A B C A B C ...) so that both see the
@@ -51,6 +56,34 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------- helpers
+
+ISA_CAPS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+DECIDING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                  "avx_ne_convert", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> str:
+    """The CPU model, the flags that decide the kernels, the cap in force and the probes' verdicts."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    from hf_ltg.gpt import kernels_ltg_gpt as kernels
+
+    present = [flag for flag in DECIDING_FLAGS if flag in flags] or ["(flags unknown)"]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "none")
+    verdicts = (f"oneDNN linear fp32 {kernels.onednn_linear_works(torch.float32)}, "
+                f"bf16 {kernels.onednn_linear_works(torch.bfloat16)}; "
+                f"native bf16 products {kernels.native_16bit_matmul(torch.bfloat16)}")
+    return (f"cpu: {model}; flags: {' '.join(present)}; ISA cap: oneDNN {cap}, ATen "
+            f"{os.environ.get('ATEN_CPU_CAPABILITY', 'none')} (ATen uses {torch.backends.cpu.get_cpu_capability()}); "
+            f"probes: {verdicts}")
+
 
 def sync(device):
     if device.type == "cuda":
@@ -295,13 +328,20 @@ def main(argv=None):
     parser.add_argument("--generate-batches", default="1,8")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: "
                         "ceilings,train,compile,generate,static,memory")
+    parser.add_argument("--train-dtypes", default="fp32,bf16", help="eager training dtypes (fp32,bf16)")
     parser.add_argument("--compile-dtypes", default="bf16", help="training dtypes to compile (fp32,bf16)")
+    parser.add_argument("--isa", default="default", choices=["default", *ISA_CAPS],
+                        help="run the whole table with oneDNN and ATen capped at this ISA level (a subprocess)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         return memory_child(args)
+    if args.isa != "default" and any(os.environ.get(k) != v for k, v in ISA_CAPS[args.isa].items()):
+        # both libraries read the cap once, when torch is imported: rerun in a process that has it
+        env = {**os.environ, **ISA_CAPS[args.isa]}
+        return subprocess.call([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], env=env)
     if args.quick:
         args.size, args.batch, args.seq, args.warmup, args.repeats = "tiny", 2, 64, 1, 2
         args.prompt, args.new_tokens = 8, 8
@@ -316,6 +356,8 @@ def main(argv=None):
     started = time.perf_counter()
     print(f"bench_gpt: size {args.size}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {args.batch} x {args.seq}, load average {load_average()}", flush=True)
+    if device.type == "cpu":
+        print(cpu_description(), flush=True)
 
     # ceilings: measured at the start and again at the end, keeping the best (the load varies)
     ceilings = {}
@@ -349,7 +391,7 @@ def main(argv=None):
         # training, eager mode -------------------------------------------------
         best_hf_attn = {}
         if "train" not in skip:
-            for dtype in ("fp32", "bf16"):
+            for dtype in args.train_dtypes.split(","):
                 models = {name: load_model(name, folder, device) for name in names}
                 autocast = DTYPES[dtype] if dtype != "fp32" else None
                 steps = {name: TrainingStep(m, args.batch, args.seq, device, autocast) for name, m in models.items()}
@@ -460,6 +502,8 @@ def main(argv=None):
     measure_ceilings()
     print(f"\nbench_gpt results: {args.size}, {device}, batch {args.batch} x {args.seq}, "
           f"load average now {load_average()}, {time.perf_counter() - started:.0f} s")
+    if device.type == "cpu":
+        print(cpu_description())
     if ceilings:
         print(f"ceilings (best of start and end): fp32 matmul {ceilings['fp32']:.0f} GFLOP/s, "
               f"bf16 matmul {ceilings['bf16']:.0f} GFLOP/s, copy {ceilings['copy']:.1f} GB/s (read + write)")

@@ -158,6 +158,7 @@ def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
     # as on a machine whose probes passed (16-bit products native, so bf16 takes F.linear below)
     monkeypatch.setattr(kernels, "_PROBED", {(name, torch.float32): True for name in ("onednn_linear", "onednn_training_linear")}
                         | {("native_16bit_matmul", torch.bfloat16): True, ("onednn_linear", torch.bfloat16): False})
+    monkeypatch.setattr(kernels, "onednn_gradients_are_faster", lambda: True)  # as with AVX-512
     layer = kernels.Linear(8, 4)
     x = torch.randn(2, 8)
     with torch.no_grad():
@@ -176,8 +177,10 @@ def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
 
 
 @pytest.mark.skipif(kernels._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
+@pytest.mark.parametrize("gradients", ["oneDNN", "MKL"])
 @pytest.mark.parametrize("trainable", ["all", "input and bias", "bias only", "input only"])
-def test_onednn_training_linear_gradients_match_f_linear(trainable):
+def test_onednn_training_linear_gradients_match_f_linear(trainable, gradients, monkeypatch):
+    monkeypatch.setattr(kernels, "onednn_gradients_are_faster", lambda: gradients == "oneDNN")
     torch.manual_seed(0)
     layer = kernels.Linear(48, 80)
     reference = nn.Linear(48, 80)

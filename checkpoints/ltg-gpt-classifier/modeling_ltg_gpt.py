@@ -33,7 +33,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_ltg_gpt import LtgGptConfig
 from .int8_ltg_gpt import quantize_linear_layers_
-from .kernels_ltg_gpt import Dropout, Linear, chunked_causal_lm_loss, fast_dropout, pack_cpu_weights
+from .kernels_ltg_gpt import (
+    Dropout,
+    Linear,
+    chunked_causal_lm_loss,
+    emulated_16bit_autocast,
+    fast_dropout,
+    pack_cpu_weights,
+)
 
 try:  # transformers >= 5: initialisers that skip tensors loaded from a checkpoint
     from transformers import initialization as init
@@ -116,16 +123,18 @@ class LtgGptAttention(nn.Module):
                 )
             else:  # older releases (4.x, 5.0): a plain mapping
                 attention_interface = ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, eager_attention_forward)
-        output, weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        if emulated_16bit_autocast(query.device.type):
+            # a CPU that emulates 16-bit products: the same products in fp32 on the 16-bit q, k, v
+            with torch.autocast("cpu", enabled=False):
+                output, weights = attention_interface(
+                    self, query.float(), key.float(), value.float(), attention_mask,
+                    dropout=attention_dropout, scaling=self.scaling, **kwargs,
+                )
+            output = output.to(query.dtype)
+        else:
+            output, weights = attention_interface(
+                self, query, key, value, attention_mask, dropout=attention_dropout, scaling=self.scaling, **kwargs
+            )
         output = self.resid_dropout(self.out_proj(output.reshape(batch, length, width)))
         return output, weights
 
@@ -253,7 +262,8 @@ class LtgGptModel(LtgGptPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        # unasked, a training forward builds no cache (it would copy every key and value)
+        use_cache = use_cache if use_cache is not None else self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False  # the recomputation would write the cache twice
 

@@ -120,6 +120,14 @@ def onednn_training_linear_works(dtype: torch.dtype) -> bool:
     )
 
 
+def onednn_gradients_are_faster() -> bool:
+    """A capability check: with AVX-512 (ATen's dispatch level, which `ATEN_CPU_CAPABILITY` caps),
+    oneDNN's gradient products beat MKL's at GPT-2 small's shapes (1.2-1.3x); on AVX2-only CPUs
+    MKL's are faster (training step 1.2x faster with oneDNN forward and MKL gradients), while
+    oneDNN's forward product wins on both."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def _check_onednn_pack(dtype) -> bool:
     x, w, b = _probe_operands(dtype)
     packed = _ONEDNN_PACK(w, 1)
@@ -142,9 +150,17 @@ def native_16bit_matmul(dtype: torch.dtype) -> bool:
     return _probe("native_16bit_matmul", dtype, _check_native_bf16_matmul)
 
 
+def emulated_16bit_autocast(device_type: str) -> bool:
+    """Autocast to a 16-bit dtype whose matrix products this CPU emulates (5x slower than fp32 ones)."""
+    if device_type != "cpu" or not torch.is_autocast_enabled("cpu") or plain_ops_required():
+        return False
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype != torch.float32 and not native_16bit_matmul(dtype)
+
+
 class _OneDnnLinearFunction(torch.autograd.Function):
-    """y = x @ weight.T + bias with all three products (forward, input and weight gradients) in
-    oneDNN. For fp32 training on CPU: 1.25-1.8x faster than MKL's products for GPT-2 small's layers."""
+    """y = x @ weight.T + bias with the forward product in oneDNN and the gradient products in
+    oneDNN where that is faster (`onednn_gradients_are_faster`), else in MKL (`torch.mm`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -157,10 +173,12 @@ class _OneDnnLinearFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_rows = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_w = grad_b = None
+        onednn = onednn_gradients_are_faster()
         if ctx.needs_input_grad[0]:
-            grad_x = _ONEDNN_LINEAR(grad, weight.t(), None, "none", [], "")
+            grad_x = _ONEDNN_LINEAR(grad, weight.t(), None, "none", [], "") if onednn else grad @ weight
         if ctx.needs_input_grad[1]:
-            grad_w = _ONEDNN_LINEAR(grad_rows.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")
+            x_rows = x.reshape(-1, x.shape[-1])
+            grad_w = _ONEDNN_LINEAR(grad_rows.t(), x_rows.t(), None, "none", [], "") if onednn else grad_rows.t() @ x_rows
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_rows.sum(0)
         return grad_x, grad_w, grad_b
