@@ -9,6 +9,7 @@ This file is copied into every checkpoint: it imports only torch, transformers a
 sibling configuration file.
 """
 
+import functools
 import inspect
 import math
 import types
@@ -34,7 +35,7 @@ from .configuration_ltg_bert import LtgBertConfig
 
 try:  # transformers >= 5: initialisers that skip tensors loaded from a checkpoint
     from transformers import initialization as init
-except ImportError:  # transformers 4.x: torch.nn.init, skipping tensors the loader marked as loaded
+except ImportError:  # transformers 4.x: torch.nn.init, skipping tensors flagged as loaded as 5.x's helpers do
     def _skip_loaded(initialise):
         def wrapped(tensor, *args, **kwargs):
             return tensor if getattr(tensor, "_is_hf_initialized", False) else initialise(tensor, *args, **kwargs)
@@ -116,9 +117,14 @@ def attention_function(name: str):
         function = ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
     else:  # older releases (4.x, 5.0): a plain mapping
         function = ALL_ATTENTION_FUNCTIONS.get(name, eager_attention_forward)
-    if name == "sdpa" and "position_bias" not in inspect.signature(function).parameters:
+    if name == "sdpa" and not _takes_position_bias(function):
         return sdpa_attention_forward
     return function
+
+
+@functools.cache
+def _takes_position_bias(function) -> bool:
+    return "position_bias" in inspect.signature(function).parameters
 
 
 class LtgBertEmbedding(nn.Module):
