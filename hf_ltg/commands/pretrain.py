@@ -140,8 +140,10 @@ def run(args) -> int:
                                                max(1, args.max_length // 2), batch_size=32)
         unigram = unigram_perplexity(train_set.token_ids, valid_set.token_ids, len(tokenizer))
         sample = generate_text(model, tokenizer, SAMPLE_PROMPTS[0], max_new_tokens=40, seed=args.seed)
+        gain = math.log(unigram) - result["nll"]
+        verdict = f"{gain:.2f} nats/token better" if gain >= 0 else f"{-gain:.2f} nats/token WORSE: train longer"
         print(f"validation perplexity {result['perplexity']:.2f} over {result['tokens']:,} tokens "
-              f"(unigram baseline {unigram:.2f}; {math.log(unigram) - result['nll']:.2f} nats/token better)")
+              f"(unigram baseline {unigram:.2f}; {verdict})")
         print(f"sample: {SAMPLE_PROMPTS[0]}{sample}")
     _training.save(trainer, args.output, tokenizer, generation_config)
     if trainer.is_world_process_zero():
