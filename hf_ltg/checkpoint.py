@@ -69,6 +69,83 @@ def _weights_file_in(folder: Path) -> Path:
     )
 
 
+# Damaged files: cut short by an interrupted download or copy, a full disk, or edited by hand.
+
+class DamagedFileError(ValueError):
+    """A checkpoint file that cannot be read as what its name says (see `check_files_readable`)."""
+
+
+JSON_FILES = ("config.json", "generation_config.json", "adapter_config.json", "labels.json", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+              SAFE_INDEX, "adapter_model.safetensors.index.json")
+SAFETENSORS_FILES = (SAFE_WEIGHTS, "adapter_model.safetensors")
+ZIP_PICKLES = (*PICKLE_WEIGHTS, "adapter_model.bin")
+
+
+def check_files_readable(path: str | os.PathLike) -> None:
+    """Raise a `DamagedFileError` naming the first file of `path` (a checkpoint folder, or one of
+    its files) that cannot be read: JSON files that are empty or invalid, safetensors files whose
+    header or data is cut short, zip-format PyTorch pickles cut short, and the shards a safetensors
+    index lists but the folder lacks. Reads headers only, never the tensors. Files with other names
+    (a user's data files) are not looked at."""
+    path = Path(path)
+    known = (*JSON_FILES, *SAFETENSORS_FILES, *ZIP_PICKLES)
+    if path.is_dir():
+        folder, files = path, [path / name for name in known]
+    else:
+        folder, files = path.parent, [path] if path.name in known or path.suffix in (".safetensors", ".bin") else []
+    for file in files:
+        damage = _damage(file) if file.is_file() else None
+        if damage:
+            damaged, reason = damage
+            raise DamagedFileError(f"{damaged} is {reason}; download or copy it again "
+                                   f"(`hf-ltg doctor {folder}` lists every problem of the folder).")
+
+
+def _damage(file: Path) -> tuple[Path, str] | None:
+    """(the damaged file, why) for `file` or, for an index, a shard it lists; None if readable."""
+    if file.name.endswith(".json"):
+        text = file.read_bytes()
+        if not text.strip():
+            return file, "empty (JSON expected)"
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return file, f"not valid JSON ({error})"
+        if not isinstance(value, dict):
+            return file, f"a JSON {type(value).__name__}, not the JSON object expected"
+        if file.name.endswith(".index.json"):
+            weight_map = value.get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                return file, "an index without a weight_map"
+            for shard in sorted(set(map(str, weight_map.values()))):
+                if not (file.parent / shard).is_file():
+                    return file.parent / shard, f"missing (a shard that {file.name} lists)"
+                damage = _damage(file.parent / shard)
+                if damage:
+                    return damage
+        return None
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(file, framework="pt"):
+                return None
+        except Exception as error:  # noqa: BLE001 - any unreadable header or cut-short data is the finding
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return file, f"damaged: not a complete safetensors file ({detail})"
+    import zipfile
+
+    with file.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return None  # a legacy (non-zip) pickle: only loading it tells
+    try:
+        with zipfile.ZipFile(file):
+            return None
+    except (zipfile.BadZipFile, OSError) as error:
+        return file, f"damaged: a PyTorch zip archive cut short or corrupt ({error})"
+
+
 # What hf_ltg writes into a checkpoint or adapter folder; a folder holding anything else is the
 # user's, and is never replaced.
 CHECKPOINT_FILE = re.compile(

@@ -39,6 +39,29 @@ class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+# Arguments naming what a command writes; the doctor reads damaged folders to list their problems.
+OUTPUT_ARGUMENTS = {"out", "output", "work_dir"}
+UNCHECKED_COMMANDS = {"doctor"}
+
+
+def check_input_files(args) -> None:
+    """Before any work: every argument naming an existing checkpoint folder or file has no damaged file
+    (`checkpoint.check_files_readable`), so a file cut short is one line naming it, not a traceback
+    from deep inside a loader, and nothing is written."""
+    import os
+
+    from .checkpoint import check_files_readable
+
+    if args.command in UNCHECKED_COMMANDS:
+        return
+    for name, value in vars(args).items():
+        if name in OUTPUT_ARGUMENTS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (str, os.PathLike)) and str(item) and os.path.exists(item):
+                check_files_readable(item)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_ltg.load()  # deferred by the console script (hf_ltg_cli) so that --help is quick
     try:
+        check_input_files(args)
         result = args.func(args)
     except (CommandError, FileNotFoundError, ValueError) as error:
         print(f"hf-ltg {args.command}: error: {error}", file=sys.stderr)
