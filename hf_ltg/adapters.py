@@ -19,6 +19,7 @@ peft's defaults for `LoraConfig(target_modules=None)` come from `hf_ltg.registra
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from peft import (
     LoraConfig,
     PeftConfig,
     PeftModel,
+    PeftModelForCausalLM,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptTuningConfig,
@@ -203,6 +205,7 @@ def prompt_tuning_config(model, task_type=None, num_virtual_tokens: int = 16, in
     """
     task_type = _prompt_task_type(model, task_type, "prompt tuning")
     _check_virtual_tokens(model, num_virtual_tokens)
+    _check_cached_generation(model, task_type, "prompt tuning")
     if init_text is None:
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
                                   prompt_tuning_init=PromptTuningInit.RANDOM)
@@ -220,6 +223,7 @@ def ptuning_config(model, task_type=None, num_virtual_tokens: int = 16,
     """A PromptEncoderConfig (p-tuning): virtual token embeddings produced by a small MLP encoder."""
     task_type = _prompt_task_type(model, task_type, "p-tuning")
     _check_virtual_tokens(model, num_virtual_tokens)
+    _check_cached_generation(model, task_type, "p-tuning")
     return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
                                encoder_hidden_size=encoder_hidden_size or model.config.hidden_size)
 
@@ -233,6 +237,7 @@ def prefix_tuning_config(model, task_type=None, num_virtual_tokens: int = 16,
     """
     task_type = task_type_of(model) if task_type is None else _task_type(task_type)
     _check_virtual_tokens(model, num_virtual_tokens)
+    _check_cached_generation(model, task_type, "prefix tuning")
     return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
                               prefix_projection=prefix_projection)
 
@@ -257,6 +262,37 @@ def _check_virtual_tokens(model, num_virtual_tokens: int) -> None:
         raise ValueError(
             f"num_virtual_tokens={num_virtual_tokens} leaves no room for input: the model has "
             f"max_position_embeddings={limit} and the virtual tokens take positions too; use fewer."
+        )
+
+
+def _check_cached_generation(model, task_type: TaskType, method: str) -> None:
+    """Refuse prompt learning on a causal LM whose cached `generate` would give wrong tokens.
+
+    peft's prompt learning (0.21) wraps the model's `prepare_inputs_for_generation` and looks for
+    the KV cache under `past_key_values`; transformers >= 5.24 passes it as `cache`. peft then
+    sees no cache and prepends its virtual tokens (or a fresh prefix cache) at every step: other
+    greedy tokens with the cache than without, silently, transformers' GPT-2 included. hf_ltg's
+    causal LMs hand peft the cache under `past_key_values`; this probes that the model does.
+    """
+    from transformers import DynamicCache, GenerationMixin
+
+    if task_type != TaskType.CAUSAL_LM or not hasattr(model, "prepare_inputs_for_generation"):
+        return
+    if "cache" not in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters:
+        return  # transformers < 5.24: generate passes `past_key_values`, where peft looks
+    if '"cache"' in inspect.getsource(PeftModelForCausalLM.prepare_inputs_for_generation):
+        return  # a peft that reads the cache under its new name
+    probe = DynamicCache()
+    try:
+        inputs = model.prepare_inputs_for_generation(torch.zeros(1, 1, dtype=torch.long), cache=probe)
+    except Exception:  # noqa: BLE001 (any failure: it cannot be shown to hand peft the cache)
+        inputs = {}
+    if inputs.get("past_key_values") is not probe:
+        raise ValueError(
+            f"{method} with peft on {type(model).__name__} would generate wrong tokens with the KV cache: peft "
+            "(<= 0.21) looks for the cache under `past_key_values`, which transformers >= 5.24 passes as `cache`. "
+            "Use LoRA, an hf_ltg model (its prepare_inputs_for_generation hands peft the cache), or transformers "
+            "5.23 for this model."
         )
 
 

@@ -34,11 +34,14 @@ def test_prefix_tuned_model_matches_prefix_tuned_gpt2(tmp_path):
     with torch.no_grad():  # the same prefix keys and values in both
         reference.prompt_encoder["default"].embedding.weight.copy_(ours.prompt_encoder["default"].embedding.weight)
 
+    # GPT-2's forward counts the padding of row 0 in its positions, ours skips it (positions from the
+    # mask): both get GPT-2's positions explicitly (peft offsets them by the prefix length in both).
+    positions = torch.arange(INPUT_IDS.shape[1])[None].expand_as(INPUT_IDS)
     with torch.no_grad():
-        ours_logits = ours(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK).logits
-        reference_logits = reference(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK).logits
+        ours_logits = ours(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK, position_ids=positions).logits
+        reference_logits = reference(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK, position_ids=positions).logits
         with ours.disable_adapter():
-            unprefixed = ours(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK).logits
+            unprefixed = ours(input_ids=INPUT_IDS, attention_mask=ATTENTION_MASK, position_ids=positions).logits
     real = ATTENTION_MASK.bool()
     print(f"prefix-tuned ours vs GPT-2 max |diff| {(ours_logits - reference_logits)[real].abs().max().item():.2e}")
     torch.testing.assert_close(ours_logits[real], reference_logits[real], atol=1e-5, rtol=1e-5)

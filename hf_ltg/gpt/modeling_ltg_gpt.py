@@ -67,10 +67,25 @@ def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache |
     `past_key_values`)."""
     if past_key_values is not None and cache is not None and past_key_values is not cache:
         raise ValueError(
-            "Got two different KV caches, `cache` and `past_key_values`: pass one of them. (peft <= 0.21 "
-            "prefix tuning does this in generate on transformers >= 5.24; use transformers 5.23 with it.)"
+            "Got two different KV caches, `cache` and `past_key_values`: pass one of them (peft <= 0.21's "
+            "prefix tuning passes its prefix as `past_key_values`)."
         )
     return cache if cache is not None else past_key_values
+
+
+def positions_from_mask(attention_mask, past_length: int, length: int, device) -> torch.LongTensor:
+    """Positions of the new tokens, (B, T) or (1, T): where a 2-D attention mask covers the cached
+    and new tokens, the count of real tokens before each one (as `generate` computes them), so that
+    padding takes no positions; otherwise past_length, past_length + 1, ...
+
+    A left-padded row is thus positioned as it would be alone, also when peft's prompt tuning and
+    p-tuning drop `position_ids` and prepend their virtual tokens (and ones to the mask).
+    """
+    if attention_mask is not None and attention_mask.ndim == 2:
+        attention_mask = attention_mask.to(device)
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return positions[:, -length:]
+    return torch.arange(past_length, past_length + length, device=device)[None]
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -280,8 +295,6 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
         self._check_positions(past_length + length)
         if attention_mask is not None and attention_mask.ndim == 2:
             expected = (batch, past_length + length)
@@ -290,6 +303,8 @@ class LtgGptModel(LtgGptPreTrainedModel):
                     f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected} "
                     f"(batch, cached + new tokens)."
                 )
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, D)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
@@ -359,6 +374,12 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
     log-softmax and their gradient are never materialised (600 MB for GPT-2 small at 4 x 256
     tokens). In evaluation mode (the Trainer's `evaluate`/`predict` switch to it), without
     `labels`, or with an adapter on `lm_head`, logits are computed and returned as usual.
+
+    Positions: without `position_ids`, a 2-D `attention_mask` decides them (each token's position
+    is the number of real tokens before it), so a left-padded row gets the logits and greedy tokens
+    it gets alone, in a plain forward as in `generate`, and with peft's prompt tuning and p-tuning,
+    which drop `position_ids`. (transformers' GPT-2 counts padding in a forward without
+    `position_ids`; pass `position_ids` to reproduce that.)
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
@@ -374,6 +395,17 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """GenerationMixin's step inputs, with the KV cache under `past_key_values` (forward takes
+        both names). peft's prompt learning (<= 0.21) wraps this method and looks for the cache
+        there: on transformers >= 5.24, which passes it as `cache`, it would find none and prepend
+        its virtual tokens (or inject a second, prefix cache) at every step, giving other tokens
+        with the cache than without."""
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if inputs.get("cache") is not None and inputs.get("past_key_values") is None:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
 
     def forward(
         self,

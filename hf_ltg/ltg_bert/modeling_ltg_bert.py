@@ -54,20 +54,21 @@ def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache |
     `past_key_values`)."""
     if past_key_values is not None and cache is not None and past_key_values is not cache:
         raise ValueError(
-            "Got two different KV caches, `cache` and `past_key_values`: pass one of them. (peft <= 0.21 "
-            "prefix tuning does this in generate on transformers >= 5.24; use transformers 5.23 with it.)"
+            "Got two different KV caches, `cache` and `past_key_values`: pass one of them (peft <= 0.21's "
+            "prefix tuning passes its prefix as `past_key_values`)."
         )
     return cache if cache is not None else past_key_values
 
 
 def relative_position_buckets(query_positions, key_positions, bucket_size: int, max_position: int):
-    """Row of the relative embedding table for every (query, key) pair: [Tq, Tk] int64 in 0..2b-2.
+    """Row of the relative embedding table for every (query, key) pair: [Tq, Tk] int64 in 0..2b-2
+    (positions [Tq] and [Tk]), or [B, Tq, Tk] for positions per row ([B, Tq] and [B, Tk]).
 
     Distances below `bucket_size // 2` are exact; longer ones fall into logarithmically wider
     buckets, and every distance >= `max_position - 1` into the outermost one. Computed from
     absolute positions, so it holds for any length and for queries offset by a cache.
     """
-    relative = query_positions[:, None] - key_positions[None, :]
+    relative = query_positions[..., :, None] - key_positions[..., None, :]
     mid = bucket_size // 2
     distance = relative.abs().clamp(max=max_position - 1)
     # The same float32 operations as the original table, so that rounding at bucket edges agrees.
@@ -200,11 +201,13 @@ class LtgBertAttention(nn.Module):
         # Project onto the 2b-1 table rows once, then pick the row of each pair.
         content_to_position = torch.matmul(query, key_pos.transpose(-1, -2))  # [B, H, Tq, 2b-1]
         position_to_content = torch.matmul(key, query_pos.transpose(-1, -2))  # [B, H, Tk, 2b-1]
+        if position_buckets.dim() == 3:  # positions per row: [B, Tq, Tk] -> [B, 1, Tq, Tk]
+            position_buckets = position_buckets[:, None]
         content_to_position = content_to_position.gather(
             -1, position_buckets.expand(batch, heads, query_length, key_length)
         )
         position_to_content = position_to_content.gather(
-            -1, position_buckets.t().expand(batch, heads, key_length, query_length)
+            -1, position_buckets.transpose(-1, -2).expand(batch, heads, key_length, query_length)
         ).transpose(-1, -2)
         return (content_to_position + position_to_content) * self.scaling
 
@@ -373,9 +376,10 @@ class LtgBertModel(LtgBertPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         keep = _keep_mask(attention_mask, batch, length, past_length, is_causal, inputs_embeds.device)
 
-        positions = torch.arange(past_length + length, device=inputs_embeds.device)
+        positions = _positions(attention_mask, past_length + length, is_causal, inputs_embeds.device)
         position_buckets = relative_position_buckets(
-            positions[past_length:], positions, self.config.position_bucket_size, self.config.max_position_embeddings
+            positions[..., past_length:], positions, self.config.position_bucket_size,
+            self.config.max_position_embeddings,
         )
         hidden_states, relative_embedding = self.embedding(inputs_embeds)
 
@@ -426,6 +430,20 @@ class LtgBertModel(LtgBertPreTrainedModel):
                 f"got {tuple(inputs_embeds.shape)}."
             )
         return inputs_embeds
+
+
+def _positions(attention_mask, key_length: int, is_causal: bool, device):
+    """Positions of the cached and new tokens: [Tk], or [B, Tk] for a causal input whose mask has
+    padding, where they count the real tokens before each one (as `generate` does for absolute
+    positions). Relative distances then skip padding: the distance to virtual tokens that peft's
+    prompt tuning and p-tuning prepend before a left-padded prompt is the one the prompt has alone.
+    (Bidirectional inputs keep plain positions: their padding is usually one block on the right,
+    which changes no distance between real tokens, and per-row buckets cost B x T x T.)
+    """
+    if is_causal and attention_mask is not None and not bool(attention_mask.all()):
+        attention_mask = attention_mask.to(device)
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    return torch.arange(key_length, device=device)
 
 
 def _keep_mask(attention_mask, batch: int, length: int, past_length: int, is_causal: bool, device):
@@ -502,6 +520,17 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head.decoder = new_embeddings
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """GenerationMixin's step inputs, with the KV cache under `past_key_values` (forward takes
+        both names). peft's prompt learning (<= 0.21) wraps this method and looks for the cache
+        there: on transformers >= 5.24, which passes it as `cache`, it would find none and prepend
+        its virtual tokens (or inject a second, prefix cache) at every step, giving other tokens
+        with the cache than without."""
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if inputs.get("cache") is not None and inputs.get("past_key_values") is None:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                 past_key_values=None, use_cache=None, labels=None, logits_to_keep: int | torch.Tensor = 0,
