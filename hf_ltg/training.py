@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -370,6 +371,87 @@ class LtgTrainer(Trainer):
         if self.plot and self.is_world_process_zero():
             plot_training_curves(self.state.log_history, Path(self.args.output_dir) / "training_curves.png")
         return result
+
+    # transformers writes checkpoint-N in place, so a run killed meanwhile would leave a partial folder
+    # that --resume takes: each is written in `INCOMPLETE_CHECKPOINTS` and renamed once complete.
+    _checkpoint_run_dir = None
+
+    def _get_output_dir(self, trial) -> str:
+        return str(self._checkpoint_run_dir) if self._checkpoint_run_dir else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        staging = run_dir / INCOMPLETE_CHECKPOINTS
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed run left half-written
+        self.accelerator.wait_for_everyone()
+        self._checkpoint_run_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_run_dir = None
+        self.accelerator.wait_for_everyone()  # every rank's RNG state is written
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best and Path(best).parent == staging:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+                self.state.save_to_json(str(staging / name / "trainer_state.json"))
+            _replace_folder(staging / name, run_dir / name, staging)
+            _rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, staging)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of the work folder
+
+INCOMPLETE_CHECKPOINTS = ".incomplete"  # inside the work folder: a checkpoint being written or deleted
+
+
+def checkpoints_by_step(folder: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of a work folder, oldest step first."""
+    found = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from (written in place by another tool or an
+    older hf_ltg and cut short, or damaged since), or None."""
+    from .checkpoint import DamagedFileError, check_files_readable
+
+    folder = Path(folder)
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json, which the Trainer writes last"
+    try:
+        check_files_readable(folder)
+    except DamagedFileError as error:
+        return str(error).split(";")[0]
+    return None
+
+
+def _replace_folder(src: Path, dst: Path, trash: Path) -> None:
+    if dst.exists():
+        os.replace(dst, trash / f"replaced-{dst.name}")
+    os.replace(src, dst)
+
+
+def _rotate_checkpoints(run_dir: Path, limit: int | None, best: str | None, trash: Path) -> None:
+    """transformers' rotation (keep `limit`, the newest and the best), but each folder is renamed into
+    `trash` before it is deleted, so that a kill meanwhile leaves no half-deleted checkpoint."""
+    checkpoints = checkpoints_by_step(run_dir)
+    if not limit or limit <= 0 or len(checkpoints) <= limit:
+        return
+    protected = {checkpoints[-1].resolve(), *([Path(best).resolve()] if best else [])}
+    remaining = len(checkpoints)
+    for checkpoint in checkpoints:
+        if remaining <= max(limit, len(protected)):
+            break
+        if checkpoint.resolve() not in protected:
+            trash.mkdir(parents=True, exist_ok=True)
+            os.replace(checkpoint, trash / f"deleted-{checkpoint.name}")
+            remaining -= 1
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write(line: str) -> None:

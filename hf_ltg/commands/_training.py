@@ -89,15 +89,25 @@ def callbacks(args) -> list:
 
 
 def train(trainer, args):
-    """Run `trainer.train`, resuming from the work folder's last checkpoint with --resume."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """Run `trainer.train`, resuming with --resume from the work folder's last complete checkpoint
+    (incomplete ones are named and skipped)."""
+    from ..training import checkpoint_problem, checkpoints_by_step
 
     resume = None
     if args.resume:
         folder = work_dir(args)
-        resume = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        for checkpoint in reversed(checkpoints_by_step(folder) if folder.is_dir() else []):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                resume = str(checkpoint)
+                break
+            if trainer.is_world_process_zero():
+                print(f"--resume: skipping the incomplete {checkpoint} ({problem})", flush=True)
         if resume is None:
-            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {folder} to resume from; run without --resume.")
+            raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {folder} to resume from; "
+                                    "run without --resume.")
+        if trainer.is_world_process_zero():
+            print(f"resuming from {resume}", flush=True)
     return trainer.train(resume_from_checkpoint=resume)
 
 
