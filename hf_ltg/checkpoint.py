@@ -133,7 +133,7 @@ def _damage(file: Path) -> tuple[Path, str] | None:
                 return None
         except Exception as error:  # noqa: BLE001 - any unreadable header or cut-short data is the finding
             detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return file, f"damaged: not a complete safetensors file ({detail})"
+            return file, f"not a readable safetensors file, cut short or corrupt ({detail})"
     import zipfile
 
     with file.open("rb") as handle:
@@ -143,7 +143,7 @@ def _damage(file: Path) -> tuple[Path, str] | None:
         with zipfile.ZipFile(file):
             return None
     except (zipfile.BadZipFile, OSError) as error:
-        return file, f"damaged: a PyTorch zip archive cut short or corrupt ({error})"
+        return file, f"not a readable PyTorch zip archive, cut short or corrupt ({error})"
 
 
 # What hf_ltg writes into a checkpoint or adapter folder; a folder holding anything else is the

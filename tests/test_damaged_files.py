@@ -125,8 +125,8 @@ def test_console_script_prints_no_traceback_for_weights_cut_short(good_checkpoin
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        f"hf-ltg generate: error: {folder}/model.safetensors is damaged: not a complete safetensors file "
-        "(Error while deserializing header: incomplete metadata, file not fully covered); download or copy it "
+        f"hf-ltg generate: error: {folder}/model.safetensors is not a readable safetensors file, cut short or "
+        "corrupt (Error while deserializing header: incomplete metadata, file not fully covered); download or copy it "
         f"again (`hf-ltg doctor {folder}` lists every problem of the folder)."
     )
 
@@ -148,7 +148,7 @@ def test_pickle_cut_short_is_named(good_checkpoint, tmp_path):
     torch.save(load_file(good_checkpoint / "model.safetensors"), path)
     check_files_readable(path)
     path.write_bytes(path.read_bytes()[:-200])
-    with pytest.raises(DamagedFileError, match=r"pytorch_model\.bin is damaged: a PyTorch zip archive cut short"):
+    with pytest.raises(DamagedFileError, match=r"pytorch_model\.bin is not a readable PyTorch zip archive, cut short or corrupt"):
         check_files_readable(tmp_path)
 
 

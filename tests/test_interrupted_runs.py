@@ -149,7 +149,7 @@ def test_resume_skips_checkpoints_written_in_place_and_cut_short(small_text, tmp
 
     code, out = run_cli(*common, "--resume", "--output", tmp_path / "second", "--work-dir", work)
     assert code == 0, out
-    assert f"--resume: skipping the incomplete {work / 'checkpoint-7'} ({weights} is damaged" in out
+    assert f"--resume: skipping the incomplete {work / 'checkpoint-7'} ({weights} is not a readable safetensors file" in out
     assert (f"--resume: skipping the incomplete {work / 'checkpoint-6'} (no trainer_state.json, "
             "which the Trainer writes last)") in out
     assert f"resuming from {work / 'checkpoint-4'}" in out

@@ -113,15 +113,16 @@ class LtgBertConfig(PretrainedConfig):
         self.sep_token_id = sep_token_id
         self.mask_token_id = mask_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        self._validate()  # before transformers' own validators (5.x), whose errors name no field
         super().__init__(**kwargs)
-        self._validate()
 
     def _validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "position_bucket_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LtgBertConfig.{name} must be a positive integer, got {value!r}.")
+            if not _is_int(value) or not 0 < value < 2**63:
+                raise ValueError(f"LtgBertConfig.{name} must be a positive integer, got {value!r}; "
+                                 "sizes are below 2**63 and must fit in memory.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"LtgBertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -138,20 +139,25 @@ class LtgBertConfig(PretrainedConfig):
                 f"position_bucket_size // 2 + 1 ({self.position_bucket_size // 2 + 1}), the end of the exact "
                 f"buckets; the published models use 512."
             )
-        if self.position_layout not in POSITION_LAYOUTS:
+        if not isinstance(self.position_layout, str) or self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(
                 f"LtgBertConfig.position_layout {self.position_layout!r} is unknown; use one of {POSITION_LAYOUTS} "
                 f"('babylm' for BabyLM/NorBERT3-style checkpoints, 'bnc' for the original BNC LTG-BERT)."
             )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"LtgBertConfig.{name} must be in [0, 1), got {value!r}.")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"LtgBertConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+            if (value is not None or name != "classifier_dropout") and not (_is_real(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"LtgBertConfig.{name} must be a number in [0, 1), got {value!r}.")
+        if not (_is_real(self.layer_norm_eps) and 0 < self.layer_norm_eps < float("inf")):
+            raise ValueError(f"LtgBertConfig.layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}.")
+        for name in ("tie_word_embeddings", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LtgBertConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "cls_token_id",
                      "sep_token_id", "mask_token_id"):
             value = getattr(self, name)
+            if value is not None and not _is_int(value):
+                raise ValueError(f"LtgBertConfig.{name} must be an integer token id or None, got {value!r}.")
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(
                     f"LtgBertConfig.{name} = {value} is outside the vocabulary [0, {self.vocab_size}); "
@@ -164,3 +170,11 @@ class LtgBertConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN

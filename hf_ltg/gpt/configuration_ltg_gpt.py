@@ -87,7 +87,9 @@ class LtgGptConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
-        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        if intermediate_size is None and _is_int(hidden_size):  # other hidden sizes: refused by _validate
+            intermediate_size = 4 * hidden_size
+        self.intermediate_size = intermediate_size
         self.activation = activation
         self.embedding_dropout = embedding_dropout
         self.attention_dropout = attention_dropout
@@ -103,31 +105,42 @@ class LtgGptConfig(PretrainedConfig):
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        self._validate()  # before transformers' own validators (5.x), whose errors name no field
         super().__init__(**kwargs)
-        self._validate()
 
     def _validate(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
                      "num_attention_heads", "intermediate_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"LtgGptConfig.{name} must be a positive integer, got {value!r}.")
+            if not _is_int(value) or not 0 < value < 2**63:
+                raise ValueError(f"LtgGptConfig.{name} must be a positive integer, got {value!r}; "
+                                 "sizes are below 2**63 and must fit in memory.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"LtgGptConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}); choose a head count that divides it."
             )
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise ValueError(f"LtgGptConfig.activation {self.activation!r} is unknown; use one of {ACTIVATIONS}.")
         for name in ("embedding_dropout", "attention_dropout", "hidden_dropout", "classifier_dropout"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ValueError(f"LtgGptConfig.{name} must be in [0, 1), got {value!r}.")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"LtgGptConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+            if (value is not None or name != "classifier_dropout") and not (_is_real(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"LtgGptConfig.{name} must be a number in [0, 1), got {value!r}.")
+        if not (_is_real(self.layer_norm_eps) and 0 < self.layer_norm_eps < float("inf")):
+            raise ValueError(f"LtgGptConfig.layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}.")
+        if not (_is_real(self.initializer_range) and 0 <= self.initializer_range < float("inf")):
+            raise ValueError(
+                f"LtgGptConfig.initializer_range must be a finite number >= 0, got {self.initializer_range!r}."
+            )
+        for name in ("qkv_bias", "score_bias", "tie_word_embeddings", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LtgGptConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value < self.vocab_size:
+            ids = value if isinstance(value, list) and value and name == "eos_token_id" else [value]
+            if not all(i is None or _is_int(i) for i in ids):
+                raise ValueError(f"LtgGptConfig.{name} must be an integer token id or None, got {value!r}.")
+            if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
                 raise ValueError(
                     f"LtgGptConfig.{name} = {value} is outside the vocabulary [0, {self.vocab_size}); "
                     f"set it to a valid id or None."
@@ -141,3 +154,11 @@ class LtgGptConfig(PretrainedConfig):
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)} or {sorted(PRESET_ALIASES)}.")
         gpt2_ids = dict(bos_token_id=50256, eos_token_id=50256)
         return cls(**{**PRESETS[key], **gpt2_ids, **overrides})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN
