@@ -329,6 +329,7 @@ def main(argv=None):
     parser.add_argument("--skip", default="", help="comma list of sections to skip: "
                         "ceilings,train,compile,generate,static,memory")
     parser.add_argument("--train-dtypes", default="fp32,bf16", help="eager training dtypes (fp32,bf16)")
+    parser.add_argument("--memory-dtypes", default="fp32,bf16", help="training dtypes whose peak memory is measured")
     parser.add_argument("--compile-dtypes", default="bf16", help="training dtypes to compile (fp32,bf16)")
     parser.add_argument("--isa", default="default", choices=["default", *ISA_CAPS],
                         help="run the whole table with oneDNN and ATen capped at this ISA level (a subprocess)")
@@ -475,7 +476,7 @@ def main(argv=None):
 
         # peak memory -----------------------------------------------------------
         if "memory" not in skip and device.type == "cpu":
-            for dtype in ("fp32",) if args.quick else ("fp32", "bf16"):
+            for dtype in ("fp32",) if args.quick else args.memory_dtypes.split(","):
                 mem = measure_memory(names, dtype, args, folder, parallel=args.quick)
                 hf_best = best_hf_attn.get(dtype, "hf-sdpa")
                 table.add(f"train step peak memory {dtype}", mem["ours"]["step_mb"], mem["hf-eager"]["step_mb"],
