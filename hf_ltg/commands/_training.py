@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from ._output import OVERWRITE_HELP, check_output
+from ._precision import add_training_precision_options, note_if_emulated, training_dtype
 
 
 def add_training_options(parser, *, output: str, max_length: int, epochs: float, batch_size: int,
@@ -34,6 +35,7 @@ def add_training_options(parser, *, output: str, max_length: int, epochs: float,
     group.add_argument("--time-limit", type=float, default=time_limit,
                        help="fit the run into this many seconds of training, shortening it and its schedule if the "
                             "machine is slow (single process only; 0 disables; default: %(default)s)")
+    add_training_precision_options(group)
 
 
 def check_no_freeze_with_adapter(args) -> None:
@@ -60,6 +62,8 @@ def trainer_arguments(args, **overrides):
     from ..training import training_arguments
 
     save_steps = args.save_steps or args.eval_steps
+    if args.bf16 or args.fp16:
+        note_if_emulated(training_dtype(args), f"drop --{'bf16' if args.bf16 else 'fp16'}")
     return training_arguments(
         work_dir(args),
         num_train_epochs=args.epochs,
@@ -76,6 +80,8 @@ def trainer_arguments(args, **overrides):
         logging_steps=args.logging_steps,
         eval_steps=args.eval_steps,
         save_steps=save_steps,
+        bf16=args.bf16,
+        fp16=args.fp16,
         **overrides,
     )
 

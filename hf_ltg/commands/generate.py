@@ -1,5 +1,6 @@
 """`hf-ltg generate`: continue a prompt with a causal-LM checkpoint."""
 
+from ._precision import add_dtype_option, note_if_emulated
 from .quantize import add_int8_argument, quantize_loaded
 
 
@@ -18,6 +19,7 @@ def add_parser(subparsers):
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    add_dtype_option(parser)
     add_int8_argument(parser)
     parser.set_defaults(func=run)
 
@@ -36,7 +38,8 @@ def run(args) -> int:
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}.")
     tokenizer = load_checkpoint_tokenizer(args.model)
-    model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model), args.int8)
+    note_if_emulated(args.dtype, "drop --dtype")
+    model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype), args.int8)
     check_tokenizer_fits(tokenizer, model.config)
     for i in range(args.num_samples):
         text = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,

@@ -1,5 +1,6 @@
 """`hf-ltg perplexity`: perplexity of a causal-LM checkpoint on a text file, with a sliding window."""
 
+from ._precision import add_dtype_option, note_if_emulated
 from .quantize import add_int8_argument, quantize_loaded
 
 
@@ -16,6 +17,7 @@ def add_parser(subparsers):
     parser.add_argument("--max-length", type=int, help="window length (default: the model's context)")
     parser.add_argument("--stride", type=int, help="window step, 1..max-length (default: max-length / 2)")
     parser.add_argument("--batch-size", type=int, default=8)
+    add_dtype_option(parser)
     add_int8_argument(parser)
     parser.set_defaults(func=run)
 
@@ -41,7 +43,8 @@ def run(args) -> int:
 
     text = read_text_files([args.file])[0]
     tokenizer = load_checkpoint_tokenizer(args.model)
-    model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model), args.int8)
+    note_if_emulated(args.dtype, "drop --dtype")
+    model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype), args.int8)
     check_tokenizer_fits(tokenizer, model.config)
     max_length = args.max_length or model.config.max_position_embeddings
     stride = args.stride or max(1, max_length // 2)
