@@ -59,14 +59,13 @@ def _close(got, want, dtype) -> bool:
     return got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=tolerance, rtol=tolerance)
 
 
+def _tracing_or_exporting() -> bool:
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def plain_ops_required() -> bool:
     """True while tracing, scripting, exporting or compiling: those see only public ops."""
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
+    return torch.compiler.is_compiling() or _tracing_or_exporting()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,9 +344,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         x.device.type != "cpu"
         or p >= 1.0
         or (compiling and _DROPOUT_SCALE_OP is None)
-        or torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
+        or _tracing_or_exporting()
     ):
         return F.dropout(x, p, training=True)
     return x * (_DROPOUT_SCALE_OP(x.detach(), p) if compiling else _dropout_scale(x, p))
