@@ -46,7 +46,9 @@ def test_prefix_tuned_model_matches_prefix_tuned_gpt2(tmp_path):
     print(f"prefix-tuned ours vs GPT-2 max |diff| {(ours_logits - reference_logits)[real].abs().max().item():.2e}")
     torch.testing.assert_close(ours_logits[real], reference_logits[real], atol=1e-5, rtol=1e-5)
     assert (ours_logits - unprefixed)[real].abs().max() > 1e-2, "the prefix should change the logits"
-    assert torch.equal(greedy(ours, INPUT_IDS, ATTENTION_MASK), greedy(reference, INPUT_IDS, ATTENTION_MASK))
+    # GPT-2 generates without its cache here: on transformers 5.24, peft 0.21 hands a prefix-tuned GPT-2 the
+    # prefix under the old cache name, so its cached generation is wrong there (see the README).
+    assert torch.equal(greedy(ours, INPUT_IDS, ATTENTION_MASK), greedy(reference, INPUT_IDS, ATTENTION_MASK, use_cache=False))
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
