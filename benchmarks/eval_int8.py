@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from hf_ltg.data import LanguageModelingDataset  # noqa: E402
-from hf_ltg.default_data import pretraining_corpus  # noqa: E402
+from hf_ltg.data.core import LanguageModelingDataset  # noqa: E402
+from hf_ltg.data.corpus import pretraining_corpus  # noqa: E402
 from hf_ltg.quantization import checkpoint_size, quantize_checkpoint  # noqa: E402
 from hf_ltg.tokenization import load_tokenizer  # noqa: E402
 from hf_ltg.training import sliding_window_perplexity  # noqa: E402

@@ -55,7 +55,7 @@ def make_ltg_bert(work: Path, out: Path) -> None:
     from transformers import DataCollatorForLanguageModeling, Trainer
 
     from hf_ltg.checkpoint import save_checkpoint
-    from hf_ltg.default_data import pretraining_corpus
+    from hf_ltg.data.corpus import pretraining_corpus
     from hf_ltg.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
     from hf_ltg.tokenization import train_tokenizer
     from hf_ltg.training import training_arguments

@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from .data import IGNORE_INDEX
+from .data.core import IGNORE_INDEX
 
 FREEZE_PRESETS = ("none", "head", "last_block", "last_n_blocks:N", "all")
 HEAD_NAMES = ("lm_head", "score", "classifier")

@@ -12,7 +12,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from hf_ltg.default_data import pretraining_corpus
+from hf_ltg.data.corpus import pretraining_corpus
 from hf_ltg.hub import diagnose
 
 CHECKPOINTS = REPO / "checkpoints"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from hf_ltg.data import (
+from hf_ltg.data.core import (
     IGNORE_INDEX,
     ClassificationDataset,
     InstructionDataset,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_ltg.data_mlm import MaskedLanguageModelingDataset, MaskingCollator, word_start_table
+from hf_ltg.data.masked import MaskedLanguageModelingDataset, MaskingCollator, word_start_table
 from hf_ltg.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from hf_ltg.tokenization import train_tokenizer
 

@@ -75,7 +75,7 @@ def test_finetune_cls_trains_a_classifier_on_an_ltg_bert_checkpoint(pretrained, 
 def test_classification_examples_start_with_cls_as_the_head_expects(pretrained):
     from transformers import AutoTokenizer
 
-    from hf_ltg.data import ClassificationDataset
+    from hf_ltg.data.core import ClassificationDataset
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained[0])
     dataset = ClassificationDataset([{"text": "for x in y " * 20, "label": "a"}], tokenizer, max_length=16)

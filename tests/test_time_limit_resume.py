@@ -5,7 +5,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_ltg import LtgGptConfig, LtgGptForCausalLM
-from hf_ltg.data import LanguageModelingDataset, PaddingCollator
+from hf_ltg.data.core import LanguageModelingDataset, PaddingCollator
 from hf_ltg.tokenization import train_tokenizer
 from hf_ltg.training import LtgTrainer, TimeLimitCallback, training_arguments
 

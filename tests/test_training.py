@@ -9,7 +9,7 @@ import torch
 from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from hf_ltg import LtgGptConfig, LtgGptForCausalLM, LtgGptForSequenceClassification
-from hf_ltg.data import ClassificationDataset, LanguageModelingDataset, PaddingCollator
+from hf_ltg.data.core import ClassificationDataset, LanguageModelingDataset, PaddingCollator
 from hf_ltg.tokenization import train_tokenizer
 from hf_ltg.training import (
     LtgTrainer,

@@ -6,7 +6,7 @@ import torch
 from transformers import EvalPrediction
 
 from hf_ltg import LtgGptConfig, LtgGptForSequenceClassification
-from hf_ltg.data import PaddingCollator, TensorDictDataset
+from hf_ltg.data.core import PaddingCollator, TensorDictDataset
 from hf_ltg.tokenization import train_tokenizer
 from hf_ltg.training import LtgTrainer, classification_metrics, multi_label_metrics, regression_metrics, training_arguments
 

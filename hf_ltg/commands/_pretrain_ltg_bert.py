@@ -21,7 +21,7 @@ def run_masked_lm(args) -> int:
     import torch
     from transformers import AutoModelForMaskedLM, pipeline, set_seed
 
-    from ..data_mlm import MaskedLanguageModelingDataset, MaskingCollator
+    from ..data.masked import MaskedLanguageModelingDataset, MaskingCollator
     from ..ltg_bert import LtgBertConfig, LtgBertForMaskedLM
     from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
     from ..training import LtgTrainer, unigram_perplexity

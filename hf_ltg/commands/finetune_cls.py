@@ -1,7 +1,7 @@
 """`hf-ltg finetune-cls`: sequence classification on top of a pretrained checkpoint.
 
 Default data: the summary lines of standard-library docstrings, labelled by module family
-(see `hf_ltg.default_data`); reports validation accuracy next to the majority-class baseline.
+(see `hf_ltg.data.corpus`); reports validation accuracy next to the majority-class baseline.
 """
 
 from ..adapter_options import add_adapter_arguments
@@ -33,8 +33,8 @@ def run(args) -> int:
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from ..adapters import apply_adapter, trainable_parameters
-    from ..data import ClassificationDataset, PaddingCollator
-    from ..default_data import classification_data
+    from ..data.core import ClassificationDataset, PaddingCollator
+    from ..data.corpus import classification_data
     from ..tokenization import check_tokenizer_fits
     from ..training import LtgTrainer, freeze_layers
 

@@ -1,7 +1,7 @@
 """`hf-ltg finetune-instruct`: instruction tuning of a causal LM on Alpaca-format records.
 
 Default data: instructions built from the standard library (what a function, a keyword or a
-reference section does; see `hf_ltg.default_data`). Reports validation loss before and after.
+reference section does; see `hf_ltg.data.corpus`). Reports validation loss before and after.
 """
 
 from ..adapter_options import add_adapter_arguments
@@ -30,8 +30,8 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, set_seed
 
     from ..adapters import apply_adapter
-    from ..data import InstructionDataset, PaddingCollator, format_alpaca_prompt, read_instruction_file
-    from ..default_data import instruction_data
+    from ..data.core import InstructionDataset, PaddingCollator, format_alpaca_prompt, read_instruction_file
+    from ..data.corpus import instruction_data
     from ..tokenization import check_tokenizer_fits
     from ..training import LtgTrainer, generate_text
 

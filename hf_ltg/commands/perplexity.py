@@ -36,7 +36,7 @@ def masked_lm_note(model) -> str | None:
 def run(args) -> int:
     from transformers import AutoModelForCausalLM
 
-    from ..data import read_text_files
+    from ..data.core import read_text_files
     from ..tokenization import check_tokenizer_fits
     from ..training import sliding_window_perplexity
     from ._training import load_checkpoint_tokenizer

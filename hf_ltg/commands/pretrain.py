@@ -48,8 +48,8 @@ def add_parser(subparsers):
 
 def documents(args) -> tuple[list[str], list[str], str]:
     """(training documents, validation documents, a name for their source) from the options."""
-    from ..data import read_text_files
-    from ..default_data import pretraining_corpus, split_documents
+    from ..data.core import read_text_files
+    from ..data.corpus import pretraining_corpus, split_documents
 
     if args.train_files:
         train_docs = read_text_files(args.train_files)
@@ -74,7 +74,7 @@ def run(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, set_seed
 
-    from ..data import LanguageModelingDataset, PaddingCollator
+    from ..data.core import LanguageModelingDataset, PaddingCollator
     from ..gpt import LtgGptConfig, LtgGptForCausalLM
     from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
     from ..training import LtgTrainer, generate_text, sliding_window_perplexity, unigram_perplexity

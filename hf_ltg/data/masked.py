@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .data import IGNORE_INDEX, PaddingCollator, TensorDictDataset, _encode
+from .core import IGNORE_INDEX, PaddingCollator, TensorDictDataset, _encode
 
 BYTE_LEVEL_SPACE = "\u0120"  # "Ġ": a byte-level BPE token that begins a word
 
