@@ -57,6 +57,17 @@ class LtgGptConfig(PretrainedConfig):
 
     model_type = "ltg_gpt"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache output before and after transformers 5.24
+    # Tensor parallelism (transformers' tp_plan="auto", vLLM's Transformers backend). The MLP is
+    # sharded; q, k and v are packed one after the other in `qkv_proj`, which no plain column split
+    # shards by heads, so q/k/v are gathered ("_rep") unless the engine re-packs them by heads
+    # (vLLM's packed-QKV fusion, which recognises the attention's `split((D, D, D))`).
+    # No pipeline plan: the position embedding is added inside the base model's forward.
+    base_model_tp_plan = {
+        "h.*.attn.qkv_proj": "colwise_rep",
+        "h.*.attn.out_proj": "rowwise_rep",
+        "h.*.mlp.fc_in": "colwise",
+        "h.*.mlp.fc_out": "rowwise",
+    }
 
     def __init__(
         self,

@@ -120,9 +120,13 @@ class LtgGptAttention(nn.Module):
         self.resid_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
-        batch, length, width = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        batch, length, _ = hidden_states.shape
+        # Heads as -1 and the split as a literal triple: under tensor parallelism (transformers'
+        # tp_plan, vLLM's packed-QKV fusion) this rank holds only some heads of each projection.
+        width = self.config.hidden_size
+        query, key, value = self.qkv_proj(hidden_states).split((width, width, width), dim=-1)
+        query, key, value = (x.view(batch, length, -1, self.head_dim).transpose(1, 2) for x in (query, key, value))
+        # each (B, nh, T, hs)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
 
@@ -150,7 +154,7 @@ class LtgGptAttention(nn.Module):
             output, weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=attention_dropout, scaling=self.scaling, **kwargs
             )
-        output = self.resid_dropout(self.out_proj(output.reshape(batch, length, width)))
+        output = self.resid_dropout(self.out_proj(output.reshape(batch, length, -1)))
         return output, weights
 
 
@@ -295,7 +299,11 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        self._check_positions(past_length + length)
+        if position_ids is None:
+            self._check_positions(past_length + length)
+        elif not torch.compiler.is_compiling() and position_ids.numel():
+            # vLLM packs many sequences into one row: the positions, not the row length, must fit
+            self._check_positions(int(position_ids.max()) + 1)
         if attention_mask is not None and attention_mask.ndim == 2:
             expected = (batch, past_length + length)
             if tuple(attention_mask.shape) != expected:
@@ -436,6 +444,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         if labels is not None and self._loss_without_logits(logits_to_keep):
@@ -520,6 +529,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, D)
         last = self._last_token_index(input_ids, attention_mask, hidden_states)
@@ -606,6 +616,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
