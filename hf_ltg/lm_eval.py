@@ -13,10 +13,12 @@ when this module is imported. Run lm-eval through it:
 `[CLS] context continuation [SEP]` (`hf_ltg.scoring.pseudo_log_likelihood_scores`: each
 continuation token masked in its own copy, the context and the rest of the continuation visible);
 `loglikelihood_rolling(text)` is the PLL of every token of the text, in windows of `max_length`
-tokens when it is longer. Model arguments: `pretrained` (folder or Hub id), `dtype`, `next_token`
-(GPT-BERT's masked next-token convention; default: the checkpoint config's choice), `max_length`,
-`trust_remote_code` (default true), `revision`. Generation tasks need a causal model: use
-`--model hf`, which loads LTG-BERT's causal-LM head.
+tokens when it is longer. Model arguments: `pretrained` (folder or Hub id), `dtype`, `max_length`,
+`trust_remote_code` (default true), `revision`, and `next_token=true` for a masked LM whose logits at
+position i predict token i + 1 (GPT-BERT's masked next-token convention, unshifted). hf_ltg's
+GPT-BERT checkpoints (`masked_next_token` in config.json) shift inside their masked-LM head, so
+their logits at a [MASK] are its prediction already: leave `next_token` false for them. Generation
+tasks need a causal model: use `--model hf`, which loads LTG-BERT's causal-LM head.
 """
 
 import sys
@@ -34,7 +36,7 @@ class LtgMaskedLM(TemplateLM):
     backend = "causal"
 
     def __init__(self, pretrained: str, batch_size: int | str | None = None, max_batch_size: int | None = None,
-                 device: str | None = None, dtype: str = "float32", next_token: bool | None = None,
+                 device: str | None = None, dtype: str = "float32", next_token: bool = False,
                  max_length: int | None = None, trust_remote_code: bool = True, revision: str | None = None,
                  **unknown):
         super().__init__()
@@ -58,7 +60,7 @@ class LtgMaskedLM(TemplateLM):
             raise ValueError(f"The tokenizer of {pretrained} has no mask token; {MODEL_NAME} needs one to score "
                              "with pseudo-log-likelihood (use --model hf for a causal LM).")
         self.prefix, self.suffix = special_tokens_around(self.tokenizer)
-        self.next_token = next_token_convention(self.model.config) if next_token is None else bool(next_token)
+        self.next_token = bool(next_token)
         self.max_length = int(max_length or self.model.config.max_position_embeddings)
         if self.max_length <= len(self.prefix) + len(self.suffix):
             raise ValueError(f"max_length={self.max_length} leaves no room for text between the special tokens "
@@ -133,11 +135,6 @@ class LtgMaskedLM(TemplateLM):
                 self.model, requests, self.tokenizer.mask_token_id, batch_size=self.batch_size,
                 next_token=self.next_token, progress=bar.update,
             )
-
-
-def next_token_convention(config) -> bool:
-    """Whether the checkpoint predicts a masked token from the position before it (GPT-BERT)."""
-    return bool(getattr(config, "masked_next_token", False))
 
 
 def _device(name: str | None):
