@@ -9,6 +9,7 @@ SOURCES = {
     "hf-gpt2": ("convert_from_hf_gpt2", False),
     "from-scratch": ("convert_from_scratch", True),
     "ltg-bert": ("convert_ltg_bert", True),
+    "gpt-bert": ("convert_gpt_bert", True),
 }
 TARGETS = {
     "hf-gpt2": "convert_to_hf_gpt2",
@@ -30,6 +31,8 @@ def add_parser(subparsers):
     parser.add_argument("--layout", choices=("babylm", "bnc"), default="babylm",
                         help="ltg-bert only: the code that trained SRC, babylm/train (default; also NorBERT3) "
                              "or the original BNC training/")
+    parser.add_argument("--tokenizer", help="gpt-bert only: the tokenizer.json GPT-BERT was trained with (default: "
+                                            "a tokenizer.json beside SRC)")
     parser.add_argument("src", metavar="SRC", help="source folder or weights file")
     parser.add_argument("out", metavar="OUT", help="output checkpoint folder: new, empty or (with --overwrite) "
                                                    "a previous checkpoint")
@@ -50,6 +53,11 @@ def run(args) -> int:
         kwargs = {"config_path": args.config} if args.config or needs_config else {}
         if args.source_format == "ltg-bert":
             kwargs["layout"] = args.layout
+        if args.tokenizer is not None:
+            if args.source_format != "gpt-bert":
+                raise ValueError(f"--tokenizer is for --from gpt-bert, not --from {args.source_format}; the other "
+                                 "formats take the tokenizer files beside SRC.")
+            kwargs["tokenizer"] = args.tokenizer
         out = getattr(conversion, function)(args.src, args.out, **kwargs)
     print(f"wrote {Path(out).resolve()}")
     return 0

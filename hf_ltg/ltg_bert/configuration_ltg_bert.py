@@ -12,6 +12,11 @@ from transformers import PretrainedConfig
 # LTG-BERT, training/model.py). Checkpoints of one layout give wrong outputs under the other.
 POSITION_LAYOUTS = ("babylm", "bnc")
 
+# Where the attention output is normalised. "after_out_proj": LTG-BERT (out_proj, then a LayerNorm
+# with weight and bias); "before_out_proj": GPT-BERT (ltgoslo/gpt-bert, pretraining/model.py and
+# model_extra.py: a LayerNorm without parameters on the merged heads, then out_proj).
+ATTENTION_OUTPUT_NORMS = ("after_out_proj", "before_out_proj")
+
 # Every head of the family, so that one checkpoint folder serves every Auto class whatever
 # head class saved it (transformers alone records only the saving class).
 AUTO_MAP = {
@@ -51,6 +56,25 @@ class LtgBertConfig(PretrainedConfig):
             all far-away tokens in that outermost bucket.
         position_bucket_size: b; the relative embedding table has 2b - 1 rows.
         position_layout: `"babylm"` or `"bnc"`, see `POSITION_LAYOUTS`.
+        attention_output_norm: `"after_out_proj"` (LTG-BERT) or `"before_out_proj"` (GPT-BERT), see
+            `ATTENTION_OUTPUT_NORMS`.
+        attention_gate: GPT-BERT's gated attention (ltgoslo/gpt-bert `model_extra.py`, the model of the
+            paper): `in_proj_v` is twice as wide and its second half, through an exact GELU, gates the
+            merged heads before the output norm.
+        layer_weighting: GPT-BERT's layer weighting (`model_extra.py`, DenseFormer's depth-weighted
+            average): after every attention and feed-forward sub-layer the residual stream becomes a
+            learned weighted sum of the embedding output and of every sub-layer output so far
+            (weights `layers.N.attention_depth_weights` [2N+2] and `layers.N.mlp_depth_weights`
+            [2N+3], initialised to pass the newest output through unchanged).
+        masked_next_token: GPT-BERT's masked next-token prediction (MNTP). GPT-BERT trains hidden
+            state i to predict token i + 1 in both modes, so the prediction for a masked token comes
+            from the position before it. With this flag `LtgBertForMaskedLM` applies that shift
+            inside: its logits at position i are the head applied to hidden state i - 1, so
+            `labels` and `[MASK]` positions keep the usual BERT convention (label the masked
+            position itself; the fill-mask pipeline reads the logits at `[MASK]`). Position 0 has
+            nothing before it: its logits are zeros, so label it -100 (it holds `[CLS]`). The
+            causal-LM head is the same with or without the flag (hidden state i predicts token
+            i + 1; the loss shifts the labels).
         layer_norm_eps: epsilon of every LayerNorm.
         hidden_dropout_prob: dropout of the embeddings and of every residual branch.
         attention_probs_dropout_prob: dropout of the attention probabilities and of the
@@ -76,6 +100,10 @@ class LtgBertConfig(PretrainedConfig):
         max_position_embeddings: int = 512,
         position_bucket_size: int = 32,
         position_layout: str = "babylm",
+        attention_output_norm: str = "after_out_proj",
+        attention_gate: bool = False,
+        layer_weighting: bool = False,
+        masked_next_token: bool = False,
         layer_norm_eps: float = 1e-7,
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
@@ -99,6 +127,10 @@ class LtgBertConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.position_bucket_size = position_bucket_size
         self.position_layout = position_layout
+        self.attention_output_norm = attention_output_norm
+        self.attention_gate = attention_gate
+        self.layer_weighting = layer_weighting
+        self.masked_next_token = masked_next_token
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
@@ -144,13 +176,18 @@ class LtgBertConfig(PretrainedConfig):
                 f"LtgBertConfig.position_layout {self.position_layout!r} is unknown; use one of {POSITION_LAYOUTS} "
                 f"('babylm' for BabyLM/NorBERT3-style checkpoints, 'bnc' for the original BNC LTG-BERT)."
             )
+        if not isinstance(self.attention_output_norm, str) or self.attention_output_norm not in ATTENTION_OUTPUT_NORMS:
+            raise ValueError(
+                f"LtgBertConfig.attention_output_norm {self.attention_output_norm!r} is unknown; use one of "
+                f"{ATTENTION_OUTPUT_NORMS} ('after_out_proj' for LTG-BERT, 'before_out_proj' for GPT-BERT)."
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             if (value is not None or name != "classifier_dropout") and not (_is_real(value) and 0.0 <= value < 1.0):
                 raise ValueError(f"LtgBertConfig.{name} must be a number in [0, 1), got {value!r}.")
         if not (_is_real(self.layer_norm_eps) and 0 < self.layer_norm_eps < float("inf")):
             raise ValueError(f"LtgBertConfig.layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}.")
-        for name in ("tie_word_embeddings", "use_cache"):
+        for name in ("tie_word_embeddings", "use_cache", "attention_gate", "layer_weighting", "masked_next_token"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LtgBertConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "cls_token_id",
