@@ -1,0 +1,105 @@
+"""hf_ltg.scoring: batched, padded scores equal one-sequence-at-a-time loops written here."""
+
+import pytest
+import torch
+from helpers import REPO
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+from hf_ltg.scoring import (
+    causal_prefix,
+    causal_scores,
+    pseudo_log_likelihood_scores,
+    special_tokens_around,
+)
+
+GPT = REPO / "checkpoints" / "ltg-gpt-lm"
+BERT = REPO / "checkpoints" / "ltg-bert-mlm"
+TEXTS = ["The cat sat on the mat.", "A language model predicts the next token from the tokens before it.",
+         "Norway has fjords.", "Dogs bark."]
+
+
+def load(folder, auto_class):
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    return tokenizer, auto_class.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+
+
+def loop_causal(model, ids, first_scored):
+    with torch.no_grad():
+        log_probs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    scored = range(first_scored, len(ids))
+    return (sum(log_probs[t - 1, ids[t]].item() for t in scored),
+            all(log_probs[t - 1].argmax().item() == ids[t] for t in scored))
+
+
+def loop_pll(model, ids, positions, mask_id, shift=0):
+    total, greedy = 0.0, True
+    for p in positions:
+        masked = list(ids)
+        masked[p] = mask_id
+        with torch.no_grad():
+            log_probs = model(torch.tensor([masked])).logits[0, p - shift].log_softmax(-1)
+        total += log_probs[ids[p]].item()
+        greedy = greedy and log_probs.argmax().item() == ids[p]
+    return total, greedy
+
+
+@pytest.mark.parametrize("folder", [GPT, BERT], ids=["ltg_gpt", "ltg_bert"])
+def test_causal_scores_of_a_padded_batch_equal_one_sequence_at_a_time(folder):
+    tokenizer, model = load(folder, AutoModelForCausalLM)
+    # Context lengths 1 (the BOS token alone) to several tokens, so that rows are padded.
+    requests = []
+    for text in TEXTS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        requests += [(causal_prefix(tokenizer), ids), (causal_prefix(tokenizer) + ids[:3], ids[3:])]
+    finished = []
+
+    scores = causal_scores(model, requests, batch_size=3, progress=finished.append)
+
+    assert sum(finished) == len(requests)
+    for (context, continuation), score in zip(requests, scores):
+        expected, greedy = loop_causal(model, [*context, *continuation], len(context))
+        assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
+        assert score.is_greedy == greedy and score.tokens == len(continuation)
+
+
+@pytest.mark.parametrize("next_token", [False, True], ids=["masked", "masked_next_token"])
+def test_pseudo_log_likelihoods_of_batched_masked_copies_equal_masking_one_token_at_a_time(next_token):
+    tokenizer, model = load(BERT, AutoModelForMaskedLM)
+    before, after = special_tokens_around(tokenizer)
+    assert (before, after) == ([tokenizer.cls_token_id], [tokenizer.sep_token_id])
+    requests = []
+    for text in TEXTS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        requests += [(before, ids, after), (before + ids[:2], ids[2:4], ids[4:] + after)]
+    finished = []
+
+    scores = pseudo_log_likelihood_scores(model, requests, tokenizer.mask_token_id, batch_size=5,
+                                          next_token=next_token, progress=finished.append)
+
+    assert sum(finished) == len(requests)
+    for (left, target, right), score in zip(requests, scores):
+        positions = range(len(left), len(left) + len(target))
+        expected, greedy = loop_pll(model, [*left, *target, *right], positions, tokenizer.mask_token_id,
+                                    shift=int(next_token))
+        assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
+        assert score.is_greedy == greedy and score.tokens == len(target)
+
+
+def test_scores_do_not_depend_on_the_batch_size():
+    tokenizer, model = load(BERT, AutoModelForMaskedLM)
+    requests = [([1], tokenizer(t, add_special_tokens=False)["input_ids"], [2]) for t in TEXTS]
+    one = pseudo_log_likelihood_scores(model, requests, tokenizer.mask_token_id, batch_size=1)
+    many = pseudo_log_likelihood_scores(model, requests, tokenizer.mask_token_id, batch_size=64)
+    assert [s.log_likelihood for s in one] == pytest.approx([s.log_likelihood for s in many], abs=1e-5)
+
+
+def test_bad_requests_are_one_line_errors_naming_the_request():
+    tokenizer, model = load(BERT, AutoModelForMaskedLM)
+    with pytest.raises(ValueError, match="causal request 1 has 0 context"):
+        causal_scores(model, [([1], [5]), ([], [5])])
+    with pytest.raises(ValueError, match="masked request 0 has no target"):
+        pseudo_log_likelihood_scores(model, [([1], [], [2])], tokenizer.mask_token_id)
+    with pytest.raises(ValueError, match="no token before its first target"):
+        pseudo_log_likelihood_scores(model, [([], [5], [2])], tokenizer.mask_token_id, next_token=True)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        causal_scores(model, [([1], [5])], batch_size=0)
