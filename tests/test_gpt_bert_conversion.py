@@ -301,14 +301,20 @@ def test_masked_mode_logits_at_a_position_are_the_originals_at_the_position_befo
 
 
 @pytest.mark.parametrize("left", [False, True], ids=["right padding", "left padding"])
-def test_causal_mode_logits_are_the_originals_under_its_causal_mask(converted, left):
-    original, _, cfg, _, causal = converted
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_causal_mode_logits_are_the_originals_under_its_causal_mask(converted, left, attention):
+    from transformers import AutoModelForCausalLM
+
+    original, out, cfg, _, causal = converted
+    if attention == "eager":
+        causal = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, attn_implementation="eager").eval()
+    assert causal.config._attn_implementation == attention
     ids, keep = padded([25, 12, 4], cfg["vocab_size"], left=left)
     expected = run_original(original, ids, keep, causal=True)
     with torch.no_grad():
         got = causal(input_ids=ids, attention_mask=keep.long()).logits
     difference = (got - expected)[keep].abs().max().item()
-    print(f"causal mode ({'left' if left else 'right'} padding): max |logit difference| = {difference:.2e}")
+    print(f"causal mode ({attention}, {'left' if left else 'right'} padding): max |logit difference| = {difference:.2e}")
     assert expected[keep].abs().max() > 1.0
     assert difference < TOLERANCE
 
@@ -409,6 +415,39 @@ def test_bf16_causal_mode_stays_within_the_stated_tolerance(converted):
     assert got.dtype == torch.float32 and model.dtype == torch.bfloat16
     assert difference < BF16_TOLERANCE and agreement >= 0.9
     assert generated.shape == (2, ids.size(1) + 5)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(converted, reentrant):
+    """With layer weighting each layer takes the earlier residual states; checkpointing must still reach them."""
+    _, out, cfg, _, _ = converted
+    from hf_ltg.ltg_bert import LtgBertForMaskedLM
+
+    model = LtgBertForMaskedLM.from_pretrained(out, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
+    ids, keep = padded([16, 11], cfg["vocab_size"], seed=8)
+    labels = ids.masked_fill(~keep, -100)
+    labels[:, 0] = -100
+
+    def gradients():
+        model.zero_grad()
+        model(input_ids=ids, attention_mask=keep.long(), labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = gradients()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    checkpointed = gradients()
+    assert all(layer.gradient_checkpointing for layer in model.ltg_bert.layers)
+    for name, gradient in plain.items():
+        assert torch.allclose(checkpointed[name], gradient, atol=1e-6), name
+
+
+def test_config_refuses_an_unknown_attention_output_norm():
+    from hf_ltg.ltg_bert import LtgBertConfig
+
+    with pytest.raises(ValueError, match="attention_output_norm 'before'.*'before_out_proj' for GPT-BERT"):
+        LtgBertConfig(attention_output_norm="before")
+    with pytest.raises(ValueError, match="masked_next_token must be true or false, got 'yes'"):
+        LtgBertConfig(masked_next_token="yes")
 
 
 # ---------------------------------------------------------------- the folder

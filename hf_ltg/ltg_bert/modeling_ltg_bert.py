@@ -263,20 +263,21 @@ class LtgBertLayer(GradientCheckpointingLayer):
                 past_key_values: Cache | None = None, output_attentions: bool = False, **kwargs):
         """`depth_history`: with layer weighting, the residual states of the embedding and of every
         earlier sub-layer, [B, T, D] each (positional, so that gradient checkpointing sees them).
-        Returns the new hidden states, the attention probabilities and this layer's two sub-layer
-        states for the history (empty without layer weighting)."""
+        Returns the new hidden states, the attention probabilities and, with layer weighting, this
+        layer's two sub-layer states for the history: a flat tuple, as reentrant gradient
+        checkpointing gives gradients only to tensors at its top level."""
         attention_output, probs = self.attention(
             hidden_states, relative_embedding, position_buckets, attention_mask,
             past_key_values=past_key_values, output_attentions=output_attentions, **kwargs,
         )
         hidden_states = hidden_states + attention_output
         if not depth_history:
-            return hidden_states + self.mlp(hidden_states), probs, ()
+            return hidden_states + self.mlp(hidden_states), probs
         after_attention = hidden_states
         hidden_states = _depth_average(self.attention_depth_weights, depth_history + (after_attention,))
         after_mlp = hidden_states + self.mlp(hidden_states)
         hidden_states = _depth_average(self.mlp_depth_weights, depth_history + (after_attention, after_mlp))
-        return hidden_states, probs, (after_attention, after_mlp)
+        return hidden_states, probs, after_attention, after_mlp
 
 
 def _depth_average(weights, states):
@@ -432,11 +433,11 @@ class LtgBertModel(LtgBertPreTrainedModel):
         all_attentions = () if output_attentions else None
         depth_history = (hidden_states,) if self.config.layer_weighting else ()
         for layer in self.layers:
-            hidden_states, probs, new_states = layer(
+            hidden_states, probs, *new_states = layer(
                 hidden_states, relative_embedding, position_buckets, *depth_history, attention_mask=keep,
                 past_key_values=past_key_values, output_attentions=output_attentions, **kwargs,
             )
-            depth_history += new_states
+            depth_history += tuple(new_states)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
