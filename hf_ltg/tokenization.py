@@ -94,9 +94,7 @@ def train_tokenizer(
 
 def _show_progress() -> bool:
     """The tokenizers trainer's progress bar, on a terminal only (not in logs or captured output)."""
-    from .progress import progress_enabled
-
-    return progress_enabled()
+    return sys.stderr.isatty()
 
 
 def _training_texts(files, iterator) -> Iterator[str]:
