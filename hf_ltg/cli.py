@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "finetune_instruct",
     "generate",
     "perplexity",
+    "eval_pairs",
     "convert",
     "quantize",
     "export",
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     import hf_ltg
 
     hf_ltg.load()  # deferred by the console script (hf_ltg_cli) so that --help is quick
+    from .progress import quiet_library_bars
+
+    quiet_library_bars()
     try:
         check_input_files(args)
         result = args.func(args)
