@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     import hf_ltg
 
     hf_ltg.load()  # deferred by the console script (hf_ltg_cli) so that --help is quick
+    from .progress import quiet_library_bars
+
+    quiet_library_bars()
     try:
         check_input_files(args)
         result = args.func(args)

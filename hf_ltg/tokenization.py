@@ -94,7 +94,9 @@ def train_tokenizer(
 
 def _show_progress() -> bool:
     """The tokenizers trainer's progress bar, on a terminal only (not in logs or captured output)."""
-    return sys.stderr.isatty()
+    from .progress import progress_enabled
+
+    return progress_enabled()
 
 
 def _training_texts(files, iterator) -> Iterator[str]:

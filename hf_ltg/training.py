@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from .data.core import IGNORE_INDEX
+from .progress import progress_enabled
 
 FREEZE_PRESETS = ("none", "head", "last_block", "last_n_blocks:N", "all")
 HEAD_NAMES = ("lm_head", "score", "classifier")
@@ -48,7 +49,7 @@ def training_arguments(output_dir: str | os.PathLike, **overrides) -> TrainingAr
         save_strategy="steps",
         save_total_limit=2,
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=not progress_enabled(),  # bars on a terminal only, as every hf_ltg bar (hf_ltg.progress)
     )
     defaults.update(overrides)
     return TrainingArguments(**defaults)
@@ -471,9 +472,15 @@ def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
-    valid = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
-    accuracy = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e]
+    def series(key):
+        return [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+
+    train, valid = series("loss"), series("eval_loss")
+    accuracy = series("eval_accuracy") or series("eval_masked_accuracy")
+    # Hybrid (masked + causal) training logs each objective's loss too: drawn next to the total.
+    parts = [(f"{label} loss", series(key)) for key, label in (
+        ("masked_loss", "training masked"), ("causal_loss", "training causal"),
+        ("eval_masked_loss", "validation masked"), ("eval_causal_loss", "validation causal"))]
     if not train and not valid:
         return None
     panels = 2 if accuracy else 1
@@ -483,11 +490,16 @@ def plot_training_curves(log_history: list[dict], path: str | os.PathLike) -> Pa
         loss_axis.plot(*zip(*train), label="training loss")
     if valid:
         loss_axis.plot(*zip(*valid), marker="o", label="validation loss")
+    for label, points in parts:
+        if points:
+            loss_axis.plot(*zip(*points), marker="o" if label.startswith("validation") else None,
+                           linestyle="--" if label.startswith("validation") else ":", label=label)
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("loss")
     loss_axis.legend()
     if accuracy:
-        axes[0][1].plot(*zip(*accuracy), marker="o", color="tab:green", label="validation accuracy")
+        label = "validation accuracy" if series("eval_accuracy") else "validation masked accuracy"
+        axes[0][1].plot(*zip(*accuracy), marker="o", color="tab:green", label=label)
         axes[0][1].set_xlabel("step")
         axes[0][1].set_ylabel("accuracy")
         axes[0][1].legend()

@@ -7,7 +7,8 @@ checkpoints/main-job, with validation perplexity next to a unigram baseline and 
 
 from . import _training
 
-ARCHITECTURES = ["gpt", "ltg-bert"]
+ARCHITECTURES = ["gpt", "ltg-bert", "ltg_bert"]
+OBJECTIVES = ("hybrid", "masked", "causal")  # hf_ltg.data.hybrid.OBJECTIVES, without importing torch here
 SAMPLE_PROMPTS = ["The for statement is used to", "An exception is raised when"]
 
 
@@ -18,9 +19,21 @@ def add_parser(subparsers):
         description="Pretrain a causal language model. Without --train-files it trains on the Python standard "
                     "library's pydoc_data.topics (about 465 KB), which every machine has.",
     )
-    parser.add_argument("--arch", choices=ARCHITECTURES, default="gpt",
-                        help="model family (default: %(default)s); ltg-bert trains a masked LM with a WordPiece "
-                             "tokenizer, written to checkpoints/ltg-bert unless --output is given")
+    parser.add_argument("--arch", "--family", dest="arch", choices=ARCHITECTURES, default="gpt",
+                        help="model family (default: %(default)s); ltg-bert (or ltg_bert) trains LTG-BERT with a "
+                             "WordPiece tokenizer, written to checkpoints/ltg-bert unless --output is given")
+    parser.add_argument("--objective", choices=OBJECTIVES,
+                        help="ltg-bert: masked (LTG-BERT, the default), causal, or hybrid (GPT-BERT: masked and causal "
+                             "batches, span masking, next-token targets in both modes); gpt: causal only")
+    parser.add_argument("--causal-ratio", type=_ratio, metavar="R",
+                        help="hybrid: share of causal batches, in [0, 1] (default: 1/16, GPT-BERT's 15 masked GPUs "
+                             "of 16)")
+    parser.add_argument("--mask-rate-start", type=float, metavar="P",
+                        help="hybrid: share of tokens masked at the start, falling linearly (default: 0.3)")
+    parser.add_argument("--mask-rate-end", type=float, metavar="P",
+                        help="hybrid: share of tokens masked at the end of training (default: 0.15)")
+    parser.add_argument("--max-span-length", type=int, metavar="N",
+                        help="hybrid: masked spans are 1..N tokens long (default: 3)")
     parser.add_argument("--masking", choices=("whole-word", "subword"), default="whole-word",
                         help="ltg-bert: mask whole words or single subwords (default: %(default)s)")
     parser.add_argument("--mlm-probability", type=float, default=0.15,
@@ -44,6 +57,36 @@ def add_parser(subparsers):
     _training.add_training_options(parser, output="checkpoints/main-job", max_length=128, epochs=12, batch_size=8,
                                    learning_rate=2e-3, eval_steps=200, time_limit=480)
     parser.set_defaults(func=run)
+
+
+def _ratio(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give the share of causal batches in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; give the share of causal batches "
+                                         "(0 = masked only, 1 = causal only, GPT-BERT: 0.0625)")
+    return value
+
+
+HYBRID_OPTIONS = ("causal_ratio", "mask_rate_start", "mask_rate_end", "max_span_length")
+
+
+def check_objective(args) -> str:
+    """The objective the options ask for; refuses combinations that would be ignored."""
+    args.arch = args.arch.replace("_", "-")
+    objective = args.objective or ("masked" if args.arch == "ltg-bert" else "causal")
+    if args.arch == "gpt" and objective != "causal":
+        raise ValueError(f"--objective {objective} needs --family ltg_bert; GPT trains the causal objective only.")
+    given = [name for name in HYBRID_OPTIONS if getattr(args, name) is not None]
+    if given and objective != "hybrid":
+        option = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{option} applies to --objective hybrid only (this run: {objective}); drop it or add "
+                         "--family ltg_bert --objective hybrid.")
+    return objective
 
 
 def documents(args) -> tuple[list[str], list[str], str]:
@@ -79,10 +122,15 @@ def run(args) -> int:
     from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
     from ..training import LtgTrainer, generate_text, sliding_window_perplexity, unigram_perplexity
 
-    if args.arch == "ltg-bert":
+    objective = check_objective(args)
+    if args.arch == "ltg-bert" and objective == "masked":
         from ._pretrain_ltg_bert import run_masked_lm
 
         return run_masked_lm(args)
+    if args.arch == "ltg-bert":
+        from ._pretrain_hybrid import run_hybrid
+
+        return run_hybrid(args, objective)
     _training.check_output_option(args, args.init_from)
     started = time.time()
     set_seed(args.seed)

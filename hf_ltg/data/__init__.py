@@ -2,10 +2,11 @@
 
 - `core`: shared datasets (causal language modelling, classification, instructions) and the
   padding collator;
-- `masked`: masked language modelling (LTG-BERT's span masking collator);
+- `masked`: masked language modelling (LTG-BERT's whole-word masking collator);
+- `hybrid`: GPT-BERT's hybrid objective (span masking, masked and causal batches, next-token targets);
 - `corpus`: the default data, built from the Python standard library.
 
-`from hf_ltg.data import NAME` works for every public name of `core` and `masked`; the corpus
+`from hf_ltg.data import NAME` works for every public name of `core`, `masked` and `hybrid`; the corpus
 functions are imported from `hf_ltg.data.corpus`.
 """
 
@@ -28,6 +29,7 @@ from .core import (
     to_hf_dataset,
     window_starts,
 )
+from .hybrid import HybridCollator, HybridDataset, span_mask
 from .masked import BYTE_LEVEL_SPACE, MaskedLanguageModelingDataset, MaskingCollator, word_start_table
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "ALPACA_HEADER_WITH_INPUT",
     "BYTE_LEVEL_SPACE",
     "COLUMN_NAMES",
+    "HybridCollator",
+    "HybridDataset",
     "IGNORE_INDEX",
     "ClassificationDataset",
     "InstructionDataset",
@@ -49,6 +53,7 @@ __all__ = [
     "read_classification_file",
     "read_instruction_file",
     "read_text_files",
+    "span_mask",
     "to_hf_dataset",
     "window_starts",
     "word_start_table",

@@ -77,10 +77,29 @@ def _eos_id(tokenizer) -> int:
     return eos
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+def _encode(tokenizer, texts: list[str], desc: str = "tokenizing") -> list[list[int]]:
+    """Token ids of each text, in chunks of about `ENCODE_CHUNK_CHARS` characters so that a
+    progress bar (see `hf_ltg.progress`) can follow a large corpus."""
     if not texts:
         return []
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    from ..progress import progress_bar
+
+    ids: list[list[int]] = []
+    with progress_bar(total=sum(len(text) for text in texts), desc=desc, unit="char", unit_scale=True,
+                      leave=False) as bar:
+        start = 0
+        while start < len(texts):
+            end, size = start, 0
+            while end < len(texts) and (end == start or size + len(texts[end]) <= ENCODE_CHUNK_CHARS):
+                size += len(texts[end])
+                end += 1
+            ids.extend(tokenizer(texts[start:end], add_special_tokens=False, verbose=False)["input_ids"])
+            bar.update(size)
+            start = end
+    return ids
+
+
+ENCODE_CHUNK_CHARS = 1 << 16  # a few dozen pydoc topics: small enough for the bar to move, large enough to batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +147,7 @@ class LanguageModelingDataset(TensorDictDataset):
             raise ValueError(f"{source} is empty: it has no text to build language-modelling windows from.")
         eos = _eos_id(tokenizer)
         ids: list[int] = []
-        for doc_ids in _encode(tokenizer, [doc for doc in documents if doc.strip()]):
+        for doc_ids in _encode(tokenizer, [doc for doc in documents if doc.strip()], f"tokenizing {source}"):
             ids.extend(doc_ids)
             ids.append(eos)
         if len(ids) < 2:

@@ -32,7 +32,7 @@ class MaskedLanguageModelingDataset(TensorDictDataset):
         if not texts:
             raise ValueError(f"{source} is empty: it has no text to build masked-LM windows from.")
         ids: list[int] = []
-        for doc_ids in _encode(tokenizer, texts):
+        for doc_ids in _encode(tokenizer, texts, f"tokenizing {source}"):
             if ids:
                 ids.append(sep)
             ids.extend(doc_ids)
