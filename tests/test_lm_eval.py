@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 from helpers import REPO, run_without_hf_ltg
+from scoring_reference import causal_log_likelihood, pseudo_log_likelihood
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 pytest.importorskip("lm_eval")
@@ -56,25 +57,6 @@ def split_pair(tokenizer, context, continuation):
     return context_ids, whole[len(context_ids):]
 
 
-def direct_causal(model, ids, first_scored):
-    """Sum of log P(ids[t] | ids[:t]) for t >= first_scored, one unpadded forward."""
-    with torch.no_grad():
-        log_probs = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
-    return sum(log_probs[t - 1, ids[t]].item() for t in range(first_scored, len(ids)))
-
-
-def direct_pll(model, ids, positions, mask_id):
-    """Sum over `positions` of log P(ids[p]) with ids[p] replaced by the mask, one copy at a time."""
-    total = 0.0
-    for p in positions:
-        masked = list(ids)
-        masked[p] = mask_id
-        with torch.no_grad():
-            logits = model(torch.tensor([masked])).logits[0, p]
-        total += logits.float().log_softmax(-1)[ids[p]].item()
-    return total
-
-
 def expected_causal(folder):
     """lm-eval's requests scored directly: each choice after ' ' given the context (no BOS), each
     text given the BOS token (lm-eval's prefix for rolling log-likelihoods)."""
@@ -85,10 +67,11 @@ def expected_causal(folder):
         row = []
         for choice in doc["choices"]:
             context, continuation = split_pair(tokenizer, doc["context"], " " + choice)
-            row.append(direct_causal(model, context + continuation, len(context)))
+            row.append(causal_log_likelihood(model, context + continuation, len(context))[0])
         choices.append(row)
     bos = tokenizer.bos_token_id
-    rolling = [direct_causal(model, [bos] + tokenizer(t, add_special_tokens=False)["input_ids"], 1) for t in TEXTS]
+    rolling = [causal_log_likelihood(model, [bos] + tokenizer(t, add_special_tokens=False)["input_ids"], 1)[0]
+               for t in TEXTS]
     return choices, rolling
 
 
@@ -103,12 +86,13 @@ def expected_pll(folder):
         for choice in doc["choices"]:
             context, continuation = split_pair(tokenizer, doc["context"], " " + choice)
             ids = [cls, *context, *continuation, sep]
-            row.append(direct_pll(model, ids, range(1 + len(context), 1 + len(context) + len(continuation)), mask))
+            positions = range(1 + len(context), 1 + len(context) + len(continuation))
+            row.append(pseudo_log_likelihood(model, ids, positions, mask)[0])
         choices.append(row)
     rolling = []
     for text in TEXTS:
         ids = [cls, *tokenizer(text, add_special_tokens=False)["input_ids"], sep]
-        rolling.append(direct_pll(model, ids, range(1, len(ids) - 1), mask))
+        rolling.append(pseudo_log_likelihood(model, ids, range(1, len(ids) - 1), mask)[0])
     return choices, rolling
 
 
@@ -122,6 +106,7 @@ def assert_close(got, expected):
         assert g == pytest.approx(e, abs=1e-4), (got, expected)
 
 
+@pytest.mark.slow  # a fresh process importing lm-eval and datasets, two checkpoints: ~20 s of CPU
 def test_stock_hf_model_scores_gpt_and_ltg_bert_as_causal_lms_without_hf_ltg(tmp_path, monkeypatch):
     tasks = write_tasks(tmp_path / "tasks")
     shutil.copytree(BERT, tmp_path / "bert")
@@ -159,6 +144,7 @@ def test_stock_hf_model_scores_gpt_and_ltg_bert_as_causal_lms_without_hf_ltg(tmp
         assert out[name]["acc"] == pytest.approx(accuracy(choices))
 
 
+@pytest.mark.slow  # a fresh process importing lm-eval and datasets: ~15 s of CPU
 def test_ltg_mlm_model_on_lm_evals_command_line_scores_pseudo_log_likelihoods(tmp_path):
     tasks = write_tasks(tmp_path / "tasks")
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "datasets"),
@@ -181,3 +167,42 @@ def test_ltg_mlm_model_on_lm_evals_command_line_scores_pseudo_log_likelihoods(tm
     assert_close([float(s["resps"][0][0]) for s in samples("tiny_roll")], rolling)
     [results_file] = (tmp_path / "out").rglob("results_*.json")
     assert json.loads(results_file.read_text())["results"]["tiny_mc"]["acc,none"] == pytest.approx(accuracy(choices))
+
+
+def ltg_mlm(**model_args):
+    from lm_eval.api.registry import get_model
+
+    import hf_ltg.lm_eval  # noqa: F401  (registers ltg-mlm)
+
+    return get_model("ltg-mlm")(pretrained=str(BERT), batch_size=7, device="cpu", **model_args)
+
+
+def requests(kind, arguments):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=0) for args in arguments]
+
+
+def test_ltg_mlm_scores_long_texts_in_windows_and_empty_contexts_in_cls_sep():
+    tokenizer = AutoTokenizer.from_pretrained(BERT, trust_remote_code=True)
+    model = AutoModelForMaskedLM.from_pretrained(BERT, trust_remote_code=True, dtype=torch.float32).eval()
+    cls, sep, mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
+    lm = ltg_mlm(max_length=8)  # windows of 6 tokens between [CLS] and [SEP]
+
+    [rolling] = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(TEXTS[0],)]))
+    [(empty_context, _)] = lm.loglikelihood(requests("loglikelihood", [("", "The cat sat.")]))
+
+    tokens = tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
+    assert len(tokens) > 6
+    windows = [[cls, *tokens[i:i + 6], sep] for i in range(0, len(tokens), 6)]
+    expected = sum(pseudo_log_likelihood(model, w, range(1, len(w) - 1), mask)[0] for w in windows)
+    assert rolling == pytest.approx(expected, abs=1e-4)
+    ids = [cls, *tokenizer("The cat sat.", add_special_tokens=False)["input_ids"], sep]
+    assert empty_context == pytest.approx(pseudo_log_likelihood(model, ids, range(1, len(ids) - 1), mask)[0], abs=1e-4)
+
+
+def test_ltg_mlm_refuses_generation_and_unknown_model_args_with_the_fix():
+    with pytest.raises(NotImplementedError, match="--model hf"):
+        ltg_mlm().generate_until(requests("generate_until", [("The cat", {"until": ["."]})]))
+    with pytest.raises(ValueError, match=r"ltg-mlm does not take model_args \['parallelize'\]"):
+        ltg_mlm(parallelize=True)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from helpers import REPO
+from scoring_reference import causal_log_likelihood, pseudo_log_likelihood
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from hf_ltg.scoring import (
@@ -23,26 +24,6 @@ def load(folder, auto_class):
     return tokenizer, auto_class.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
 
 
-def loop_causal(model, ids, first_scored):
-    with torch.no_grad():
-        log_probs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
-    scored = range(first_scored, len(ids))
-    return (sum(log_probs[t - 1, ids[t]].item() for t in scored),
-            all(log_probs[t - 1].argmax().item() == ids[t] for t in scored))
-
-
-def loop_pll(model, ids, positions, mask_id, shift=0):
-    total, greedy = 0.0, True
-    for p in positions:
-        masked = list(ids)
-        masked[p] = mask_id
-        with torch.no_grad():
-            log_probs = model(torch.tensor([masked])).logits[0, p - shift].log_softmax(-1)
-        total += log_probs[ids[p]].item()
-        greedy = greedy and log_probs.argmax().item() == ids[p]
-    return total, greedy
-
-
 @pytest.mark.parametrize("folder", [GPT, BERT], ids=["ltg_gpt", "ltg_bert"])
 def test_causal_scores_of_a_padded_batch_equal_one_sequence_at_a_time(folder):
     tokenizer, model = load(folder, AutoModelForCausalLM)
@@ -57,7 +38,7 @@ def test_causal_scores_of_a_padded_batch_equal_one_sequence_at_a_time(folder):
 
     assert sum(finished) == len(requests)
     for (context, continuation), score in zip(requests, scores):
-        expected, greedy = loop_causal(model, [*context, *continuation], len(context))
+        expected, greedy = causal_log_likelihood(model, [*context, *continuation], len(context))
         assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
         assert score.is_greedy == greedy and score.tokens == len(continuation)
 
@@ -79,7 +60,7 @@ def test_pseudo_log_likelihoods_of_batched_masked_copies_equal_masking_one_token
     assert sum(finished) == len(requests)
     for (left, target, right), score in zip(requests, scores):
         positions = range(len(left), len(left) + len(target))
-        expected, greedy = loop_pll(model, [*left, *target, *right], positions, tokenizer.mask_token_id,
+        expected, greedy = pseudo_log_likelihood(model, [*left, *target, *right], positions, tokenizer.mask_token_id,
                                     shift=int(next_token))
         assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
         assert score.is_greedy == greedy and score.tokens == len(target)
