@@ -158,9 +158,15 @@ class LtgBertAttention(nn.Module):
         self.scaling = 1.0 / math.sqrt(3 * self.head_size)
         self.pre_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
         self.in_proj_qk = nn.Linear(config.hidden_size, 2 * config.hidden_size)
-        self.in_proj_v = nn.Linear(config.hidden_size, config.hidden_size)
+        # GPT-BERT's gated attention: the second half of the value projection is the gate.
+        self.gated = config.attention_gate
+        self.in_proj_v = nn.Linear(config.hidden_size, (2 if self.gated else 1) * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # LTG-BERT normalises after out_proj with an affine norm, GPT-BERT before it without parameters.
+        self.norm_before_out_proj = config.attention_output_norm == "before_out_proj"
+        self.post_layer_norm = nn.LayerNorm(
+            config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=not self.norm_before_out_proj
+        )
         # One dropout for the relative table, the probabilities and the output, as in the original.
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
@@ -170,6 +176,8 @@ class LtgBertAttention(nn.Module):
         hidden_states = self.pre_layer_norm(hidden_states)
         query, key = self.in_proj_qk(hidden_states).chunk(2, dim=-1)
         value = self.in_proj_v(hidden_states)
+        if self.gated:
+            value, gate = value.chunk(2, dim=-1)
         query, key, value = (
             x.view(batch, length, self.num_heads, self.head_size).transpose(1, 2) for x in (query, key, value)
         )  # [B, H, T, hd]
@@ -183,8 +191,14 @@ class LtgBertAttention(nn.Module):
             dropout=self.dropout.p if self.training else 0.0,
             scaling=self.scaling, position_bias=position_bias, is_causal=False, **kwargs,
         )
-        output = self.out_proj(output.reshape(batch, length, -1))
-        return self.dropout(self.post_layer_norm(output)), probs
+        output = output.reshape(batch, length, -1)
+        if self.gated:
+            output = output * F.gelu(gate)
+        if self.norm_before_out_proj:
+            output = self.out_proj(self.post_layer_norm(output))
+        else:
+            output = self.post_layer_norm(self.out_proj(output))
+        return self.dropout(output), probs
 
     def _position_bias(self, query, key, relative_embedding, position_buckets):
         """scaling * (q_i . key_pos[d] + k_j . query_pos[d]) with d = bucket(i, j): [B, H, Tq, Tk]."""
@@ -239,16 +253,39 @@ class LtgBertLayer(GradientCheckpointingLayer):
         super().__init__()
         self.attention = LtgBertAttention(config, layer_idx)
         self.mlp = LtgBertFeedForward(config, layer_idx)
+        if config.layer_weighting:
+            # GPT-BERT's layer weighting: one weight per earlier residual state (the embedding output
+            # and each sub-layer output) plus the new one; `_init_weights` starts them at (0, .., 0, 1).
+            self.attention_depth_weights = nn.Parameter(torch.zeros(2 * layer_idx + 2))
+            self.mlp_depth_weights = nn.Parameter(torch.zeros(2 * layer_idx + 3))
 
-    def forward(self, hidden_states, relative_embedding, position_buckets, attention_mask=None,
+    def forward(self, hidden_states, relative_embedding, position_buckets, *depth_history, attention_mask=None,
                 past_key_values: Cache | None = None, output_attentions: bool = False, **kwargs):
+        """`depth_history`: with layer weighting, the residual states of the embedding and of every
+        earlier sub-layer, [B, T, D] each (positional, so that gradient checkpointing sees them).
+        Returns the new hidden states, the attention probabilities and, with layer weighting, this
+        layer's two sub-layer states for the history: a flat tuple, as reentrant gradient
+        checkpointing gives gradients only to tensors at its top level."""
         attention_output, probs = self.attention(
             hidden_states, relative_embedding, position_buckets, attention_mask,
             past_key_values=past_key_values, output_attentions=output_attentions, **kwargs,
         )
         hidden_states = hidden_states + attention_output
-        hidden_states = hidden_states + self.mlp(hidden_states)
-        return hidden_states, probs
+        if not depth_history:
+            return hidden_states + self.mlp(hidden_states), probs
+        after_attention = hidden_states
+        hidden_states = _depth_average(self.attention_depth_weights, depth_history + (after_attention,))
+        after_mlp = hidden_states + self.mlp(hidden_states)
+        hidden_states = _depth_average(self.mlp_depth_weights, depth_history + (after_attention, after_mlp))
+        return hidden_states, probs, after_attention, after_mlp
+
+
+def _depth_average(weights, states):
+    """sum_k weights[k] * states[k], accumulated without stacking (autograd keeps no copies)."""
+    total = weights[0] * states[0]
+    for weight, state in zip(weights[1:], states[1:]):
+        total = total + weight * state
+    return total
 
 
 class LtgBertLMHead(nn.Module):
@@ -326,6 +363,11 @@ class LtgBertPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, LtgBertEmbedding):
             init.trunc_normal_(module.relative_embedding, mean=0.0, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, LtgBertLayer) and hasattr(module, "mlp_depth_weights"):
+            for weights in (module.attention_depth_weights, module.mlp_depth_weights):
+                if not getattr(weights, "_is_hf_initialized", False):  # keep weights loaded from a checkpoint
+                    weights.zero_()
+                    weights[-1] = 1.0
 
 
 class LtgBertModel(LtgBertPreTrainedModel):
@@ -395,11 +437,13 @@ class LtgBertModel(LtgBertPreTrainedModel):
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
+        depth_history = (hidden_states,) if self.config.layer_weighting else ()
         for layer in self.layers:
-            hidden_states, probs = layer(
-                hidden_states, relative_embedding, position_buckets, attention_mask=keep,
+            hidden_states, probs, *new_states = layer(
+                hidden_states, relative_embedding, position_buckets, *depth_history, attention_mask=keep,
                 past_key_values=past_key_values, output_attentions=output_attentions, **kwargs,
             )
+            depth_history += tuple(new_states)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -508,7 +552,12 @@ class LtgBertForMaskedLM(LtgBertPreTrainedModel):
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        if self.config.masked_next_token:
+            # GPT-BERT's hidden state i predicts token i + 1, so position i's logits come from i - 1 and
+            # position 0, with nothing before it, gets zeros: [MASK] positions and labels stay BERT's.
+            logits = F.pad(self.lm_head(outputs.last_hidden_state[:, :-1]), (0, 0, 1, 0))
+        else:
+            logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
