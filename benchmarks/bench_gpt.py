@@ -2,7 +2,8 @@
 
     python benchmarks/bench_gpt.py --size gpt2-small      # the full table (~10 min on 2 CPU cores)
     python benchmarks/bench_gpt.py --quick                # a tiny model, a few steps (CI)
-    python benchmarks/bench_gpt.py --device cuda          # the same on a GPU, with MFU
+    python benchmarks/bench_gpt.py --device cuda          # GPU: GPT-2 small + medium, bf16, T=1024 (cuda_main)
+    python benchmarks/bench_gpt.py --device cuda --dry-run --json plan.json   # the GPU plan, without a GPU
     python benchmarks/bench_gpt.py --isa avx2             # as on an AVX2-only CPU (oneDNN and ATen capped)
 
 The header names the CPU, the ISA flags that decide the CPU paths (avx2, avx512f, avx512_bf16,
@@ -333,12 +334,24 @@ def main(argv=None):
     parser.add_argument("--compile-dtypes", default="bf16", help="training dtypes to compile (fp32,bf16)")
     parser.add_argument("--isa", default="default", choices=["default", *ISA_CAPS],
                         help="run the whole table with oneDNN and ATen capped at this ISA level (a subprocess)")
+    parser.add_argument("--sizes", default="gpt2-small,gpt2-medium", help="GPU: model sizes, in order")
+    parser.add_argument("--json", help="GPU: also write the rows and the machine as JSON to this path")
+    parser.add_argument("--budget", type=float, default=0.0,
+                        help="GPU: seconds after which the remaining sections are skipped (0: no limit)")
+    parser.add_argument("--dry-run", action="store_true", help="GPU: print the plan and exit, without a GPU")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):  # GPU defaults: the T=1024, batch-64 decoding, more repeats
+        parser.set_defaults(batch=8, seq=1024, generate_batches="1,64", repeats=5, warmup=3)
+        args = parser.parse_args(argv)
     if args.memory_child:
         return memory_child(args)
+    if args.device.startswith("cuda"):
+        from bench_gpt_cuda import cuda_main  # benchmarks/bench_gpt_cuda.py, beside this file
+
+        return cuda_main(args, sys.modules[__name__])
     if args.isa != "default" and any(os.environ.get(k) != v for k, v in ISA_CAPS[args.isa].items()):
         # both libraries read the cap once, when torch is imported: rerun in a process that has it
         env = {**os.environ, **ISA_CAPS[args.isa]}
