@@ -15,6 +15,7 @@ EXPECTED = {
     "convert_gpt2.py": "greedy continuations identical: True",
     "push_to_hub.py": "dry run: would upload 10 file(s)",  # + kernels_ltg_gpt.py, int8_ltg_gpt.py,
     "pretrain_hybrid.py": "hybrid: masked accuracy ",
+    "eval_pairs.py": "first pair, masked PLL: ",
 }
 
 
