@@ -6,6 +6,7 @@ computation, gradient accumulation, resuming and distributed training are the st
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
@@ -30,9 +32,17 @@ HEAD_NAMES = ("lm_head", "score", "classifier")
 # Training arguments
 
 
-def training_arguments(output_dir: str | os.PathLike, **overrides) -> TrainingArguments:
+# FSDP2 through accelerate's plugin: one unit per block (the model's `_no_split_modules`), the root
+# unit holds the rest (embeddings, final norm, tied head); Trainer checkpoints hold the full weights.
+FSDP_CONFIG = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+               "reshard_after_forward": True}
+
+
+def training_arguments(output_dir: str | os.PathLike, fsdp: bool = False, **overrides) -> TrainingArguments:
     """`TrainingArguments` with this project's defaults: CPU + gloo when there is no GPU, tokens
-    counted, no external loggers, checkpoints as safetensors."""
+    counted, no external loggers, checkpoints as safetensors. `fsdp=True` shards parameters,
+    gradients and optimizer state across the processes (`FSDP_CONFIG`; `LtgTrainer` also runs it
+    on CPU processes, which accelerate alone would train with DDP)."""
     cuda = torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
     defaults = dict(
@@ -51,6 +61,8 @@ def training_arguments(output_dir: str | os.PathLike, **overrides) -> TrainingAr
         dataloader_num_workers=0,
         disable_tqdm=not progress_enabled(),  # bars on a terminal only, as every hf_ltg bar (hf_ltg.progress)
     )
+    if fsdp:
+        defaults.update(fsdp=True, fsdp_config=dict(FSDP_CONFIG))
     defaults.update(overrides)
     return TrainingArguments(**defaults)
 
@@ -315,7 +327,9 @@ class LtgTrainer(Trainer):
       (printed, and kept in `state.log_history` under `samples`);
     - layer freezing presets (`freeze=`, see `freeze_layers`);
     - tokens seen and tokens/s in the logs (`include_num_input_tokens_seen` is switched on);
-    - loss (and accuracy) curves written to `output_dir/training_curves.png` after `train`.
+    - loss (and accuracy) curves written to `output_dir/training_curves.png` after `train`;
+    - FSDP on CPU processes too (see `training_arguments`), and `trained_model()`, the model to
+      evaluate or save once training is done, with the full weights under FSDP.
     """
 
     def __init__(self, *args, freeze: str | None = None, sample_prompts: Sequence[str] | None = None,
@@ -337,6 +351,41 @@ class LtgTrainer(Trainer):
         self.sample_prompts = list(sample_prompts or [])
         self.sample_max_new_tokens = sample_max_new_tokens
         self.plot = plot
+        self._full_model, self._full_model_step = None, None
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if self.args.fsdp_plugin_args is None or self.is_fsdp_enabled or \
+                state.distributed_type != DistributedType.MULTI_CPU:
+            return
+        # accelerate attaches its FSDP plugin on accelerators only and would train CPU processes with
+        # DDP; FSDP2 runs on CPU with gloo, so the plugin is attached as accelerate does on a GPU.
+        plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        if state.mixed_precision != "no":
+            plugin.set_mixed_precision(state.mixed_precision)
+        state.fsdp_plugin = plugin
+        state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+    def trained_model(self):
+        """The model without DDP/FSDP wrappers, to evaluate or save on the main process.
+
+        Under FSDP each process holds shards of the weights, so every process must call this: the
+        main process gets a plain copy of the model with the gathered weights, the others None.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        if not self.is_fsdp_enabled:
+            return model
+        if self._full_model_step != self.state.global_step:
+            state_dict = self.accelerator.get_state_dict(self.model)  # collective; full tensors on the main process
+            self._full_model = _plain_copy(model, state_dict).to(self.args.device) if self.is_world_process_zero() \
+                else None
+            self._full_model_step = self.state.global_step
+        return self._full_model
 
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)
@@ -348,17 +397,30 @@ class LtgTrainer(Trainer):
 
     def evaluate(self, *args, **kwargs):
         metrics = super().evaluate(*args, **kwargs)
-        if self.sample_prompts and _is_causal_lm(self.model) and self.is_world_process_zero():
+        # Under FSDP every forward gathers weights from all processes, so all generate (the same tokens).
+        if self.sample_prompts and _is_causal_lm(self.model) and (self.is_world_process_zero() or self.is_fsdp_enabled):
             samples = [
                 generate_text(self.model, self.processing_class, prompt, max_new_tokens=self.sample_max_new_tokens,
                               seed=self.args.seed)
                 for prompt in self.sample_prompts
             ]
             self.state.log_history.append({"samples": samples, "step": self.state.global_step})
-            for prompt, sample in zip(self.sample_prompts, samples):
+            for prompt, sample in zip(self.sample_prompts, samples if self.is_world_process_zero() else []):
                 shown = prompt if len(prompt) <= 60 else "..." + prompt[-57:]
                 _write(f"[step {self.state.global_step}] sample: {shown!r} -> {sample!r}")
         return metrics
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None):
+        if not (self.is_fsdp_enabled and self.args.should_save and state_dict is not None):
+            return super()._save(output_dir, state_dict)
+        # FSDP2 swaps the model's class for a subclass defined in torch, whose source file save_pretrained
+        # would copy as the model's code: a plain copy of the model writes the checkpoint instead.
+        sharded = self.model
+        self.model = _plain_copy(self.accelerator.unwrap_model(sharded), state_dict)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.model = sharded
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
@@ -402,6 +464,24 @@ class LtgTrainer(Trainer):
             _rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, staging)
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+
+
+def _plain_copy(model, state_dict: dict):
+    """A new instance of `model`'s class (FSDP2 makes a subclass of it) holding the tensors of `state_dict`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from contextlib import nullcontext as no_init_weights
+    model_class = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with no_init_weights():  # every weight comes from `state_dict`
+        plain = model_class(copy.deepcopy(model.config))
+    plain.load_state_dict(state_dict, assign=True)
+    plain.tie_weights()  # assigning gave the tied weights a tensor each
+    if getattr(model, "generation_config", None) is not None:  # a model that generates
+        plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain.train(model.training)
 
 
 # ---------------------------------------------------------------------------------------------

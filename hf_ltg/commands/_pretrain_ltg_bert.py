@@ -41,8 +41,8 @@ def run_masked_lm(args) -> int:
         if args.tokenizer:
             tokenizer = load_tokenizer(args.tokenizer)
         else:
-            tokenizer = train_tokenizer(iterator=train_docs, vocab_size=args.vocab_size, kind="wordpiece",
-                                        model_max_length=args.max_length)
+            tokenizer = _training.made_on_main_process(lambda: train_tokenizer(
+                iterator=train_docs, vocab_size=args.vocab_size, kind="wordpiece", model_max_length=args.max_length))
         config = LtgBertConfig(
             vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
             num_attention_heads=args.num_heads, intermediate_size=8 * round(args.hidden_size / 3),  # 2048 at 768
@@ -75,8 +75,9 @@ def run_masked_lm(args) -> int:
     _training.train(trainer, args)
     _training.report_losses(trainer)
 
+    model = trainer.trained_model()
     if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model).eval()
+        model.eval()
         fixed = MaskingCollator(tokenizer, mlm_probability=args.mlm_probability, whole_word=whole_word,
                                 generator=torch.Generator().manual_seed(args.seed))
         loss, accuracy, count = masked_lm_evaluation(model, valid_set, fixed, args.batch_size)

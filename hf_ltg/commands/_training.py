@@ -10,7 +10,7 @@ from ._precision import add_training_precision_options, note_if_emulated, traini
 
 def add_training_options(parser, *, output: str, max_length: int, epochs: float, batch_size: int,
                          learning_rate: float, eval_steps: int, logging_steps: int = 10, max_steps: int = -1,
-                         time_limit: float | None = None):
+                         time_limit: float | None = None, fsdp: bool = False):
     group = parser.add_argument_group("training")
     group.add_argument("--output", default=output, help="final checkpoint folder, written atomically: new, empty or "
                                                          "(with --overwrite) a previous checkpoint (default: %(default)s)")
@@ -36,6 +36,11 @@ def add_training_options(parser, *, output: str, max_length: int, epochs: float,
                        help="fit the run into this many seconds of training, shortening it and its schedule if the "
                             "machine is slow (single process only; 0 disables; default: %(default)s)")
     add_training_precision_options(group)
+    if fsdp:
+        group.add_argument("--fsdp", action="store_true",
+                           help="shard weights, gradients and optimizer state across the processes (FSDP2, one "
+                                "unit per block) instead of replicating them (DDP); needs a multi-process launch "
+                                "(torchrun or accelerate launch)")
 
 
 def check_no_freeze_with_adapter(args) -> None:
@@ -58,14 +63,37 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def made_on_main_process(make):
+    """`make()` on the main process only, its result (pickled) given to every process. For what all
+    processes must agree on but would not make alike: WordPiece training breaks ties differently in
+    each process, and processes whose vocabularies differ cannot train one model."""
+    if world_size() == 1:
+        return make()
+    import torch
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    # The process group the Trainer joins later (backend as in training.training_arguments).
+    cuda = torch.cuda.is_available()
+    state = PartialState(cpu=not cuda, backend="nccl" if cuda else "gloo")
+    result = [make() if state.is_main_process else None]
+    dist.broadcast_object_list(result, src=0, device=state.device)
+    return result[0]
+
+
 def trainer_arguments(args, **overrides):
     from ..training import training_arguments
 
     save_steps = args.save_steps or args.eval_steps
+    fsdp = getattr(args, "fsdp", False)
+    if fsdp and world_size() == 1:
+        raise ValueError("--fsdp shards the model across processes, but this is a single process (WORLD_SIZE=1); "
+                         "launch it with `torchrun --nproc_per_node=N -m hf_ltg ...` (N >= 2) or drop --fsdp.")
     if args.bf16 or args.fp16:
         note_if_emulated(training_dtype(args), f"drop --{'bf16' if args.bf16 else 'fp16'}")
     return training_arguments(
         work_dir(args),
+        fsdp=fsdp,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
@@ -136,11 +164,12 @@ def report_losses(trainer) -> Path:
 
 
 def save(trainer, out, tokenizer, generation_config=None, merge=False) -> None:
-    """Write the final checkpoint (or adapter, or merged LoRA checkpoint) from the main process only."""
+    """Write the final checkpoint (or adapter, or merged LoRA checkpoint) from the main process only
+    (every process calls this: under FSDP they gather the weights together)."""
     from ..adapters import save_adapter_or_merged
 
+    model = trainer.trained_model()
     if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
         if generation_config is not None:
             model.generation_config = generation_config
         save_adapter_or_merged(model, out, tokenizer=tokenizer, merge=merge, generation_config=generation_config)

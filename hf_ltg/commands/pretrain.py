@@ -55,7 +55,7 @@ def add_parser(subparsers):
     model.add_argument("--num-heads", type=int, default=4)
     model.add_argument("--dropout", type=float, default=0.1)
     _training.add_training_options(parser, output="checkpoints/main-job", max_length=128, epochs=12, batch_size=8,
-                                   learning_rate=2e-3, eval_steps=200, time_limit=480)
+                                   learning_rate=2e-3, eval_steps=200, time_limit=480, fsdp=True)
     parser.set_defaults(func=run)
 
 
@@ -143,7 +143,8 @@ def run(args) -> int:
         if args.tokenizer:
             tokenizer = load_tokenizer(args.tokenizer)
         else:
-            tokenizer = train_tokenizer(iterator=train_docs, vocab_size=args.vocab_size, model_max_length=args.max_length)
+            tokenizer = _training.made_on_main_process(lambda: train_tokenizer(
+                iterator=train_docs, vocab_size=args.vocab_size, model_max_length=args.max_length))
         eos = tokenizer.eos_token_id
         config = LtgGptConfig(
             vocab_size=len(tokenizer), max_position_embeddings=args.max_length, hidden_size=args.hidden_size,
@@ -181,8 +182,8 @@ def run(args) -> int:
     _training.train(trainer, args)
     _training.report_losses(trainer)
 
+    model = trainer.trained_model()
     if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
         with torch.no_grad():
             result = sliding_window_perplexity(model, valid_set.token_ids, args.max_length,
                                                max(1, args.max_length // 2), batch_size=32)
