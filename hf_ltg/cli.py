@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "generate",
     "perplexity",
     "eval_pairs",
+    "lm_eval",
     "convert",
     "quantize",
     "export",
