@@ -464,6 +464,14 @@ def test_converted_folder_records_the_gpt_bert_flags_and_documents_both_modes(co
     assert not list(out.glob("*.bin")) and (out / "model.safetensors").is_file()
 
 
+def test_exported_folder_keeps_the_masked_and_causal_mode_section(converted, tmp_path):
+    from hf_ltg.hub.export import export_checkpoint
+
+    _, out, _, _, _ = converted
+    card = (export_checkpoint(out, tmp_path / "exported") / "README.md").read_text()
+    assert "## Masked and causal mode" in card and "masked_next_token" in card
+
+
 @pytest.mark.slow  # doctor loads the folder through every Auto class in a clean process (~30 s on 2 shared cores)
 def test_doctor_passes_the_converted_folder(tmp_path_factory):
     from hf_ltg.hub.doctor import diagnose

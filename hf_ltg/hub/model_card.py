@@ -94,6 +94,7 @@ def render_model_card(config, info: CardInfo, training: TrainingRecord) -> str:
         _architecture(config, info),
         _training(training, info),
         _usage(config, info, tag, auto),
+        _masked_and_causal_modes(config),
     ]
     if info.remote_code:
         sections.append(_security_note(config))
@@ -210,6 +211,21 @@ def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
     else:
         text += "\n\nThis is a stock transformers model: it needs no remote code and no `hf_ltg`."
     return text
+
+
+def _masked_and_causal_modes(config) -> str:
+    """GPT-BERT-style weights (`masked_next_token`) serve both modes; the Auto class picks one."""
+    if not getattr(config, "masked_next_token", False):
+        return ""
+    return (
+        "## Masked and causal mode\n\n"
+        "These weights were trained GPT-BERT style, on masked and causal next-token prediction: load them with "
+        "`AutoModelForMaskedLM` for masked mode (bidirectional; the fill-mask pipeline works as usual) or with "
+        "`AutoModelForCausalLM` for causal mode (a causal mask; `generate` with a KV cache). The config's "
+        "`masked_next_token: true` makes the masked-LM head predict a masked token from the position before it, "
+        "as in training, so the logits at a mask position are the prediction for that token and `labels` follow "
+        "the usual BERT convention. Inputs start with the `[CLS]`/`<s>` token (position 0 gets zero logits)."
+    )
 
 
 def _security_note(config) -> str:
