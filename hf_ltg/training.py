@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from .data.core import IGNORE_INDEX
-from .progress import progress_enabled
+from .progress import progress_bar, progress_enabled
 
 FREEZE_PRESETS = ("none", "head", "last_block", "last_n_blocks:N", "all")
 HEAD_NAMES = ("lm_head", "score", "classifier")
@@ -663,7 +663,7 @@ def sliding_window_perplexity(model, token_ids: Sequence[int], max_length: int, 
         windows.append((ids[start:end], labels))
         scored_from, end = end, min(end + step, len(ids))
     total_nll, total_tokens = 0.0, 0
-    for i in range(0, len(windows), batch_size):
+    for i in progress_bar(range(0, len(windows), batch_size), desc="perplexity", leave=False):
         chunk = windows[i:i + batch_size]
         length = max(len(w) for w, _ in chunk)
         input_ids = torch.zeros(len(chunk), length, dtype=torch.long)

@@ -280,3 +280,29 @@ def test_trainer_bars_follow_the_same_rule(monkeypatch, tmp_path):
     assert training_arguments(tmp_path).disable_tqdm is False
     monkeypatch.setenv("HF_LTG_PROGRESS", "0")
     assert training_arguments(tmp_path).disable_tqdm is True
+
+
+def test_perplexity_evaluation_shows_a_bar(monkeypatch, capsys):
+    from hf_ltg.gpt import LtgGptConfig, LtgGptForCausalLM
+    from hf_ltg.training import sliding_window_perplexity
+
+    model = LtgGptForCausalLM(LtgGptConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                           max_position_embeddings=16))
+    monkeypatch.setenv("HF_LTG_PROGRESS", "1")
+    result = sliding_window_perplexity(model, list(range(40)), max_length=16, stride=8)
+    assert result["tokens"] == 39 and "perplexity" in capsys.readouterr().err
+
+
+def test_causal_objective_trains_and_saves_an_ltg_bert_causal_lm(tmp_path):
+    from pydoc_data.topics import topics
+
+    (tmp_path / "train.txt").write_text(topics["for"] + "\n\n" + topics["while"])
+    (tmp_path / "valid.txt").write_text(topics["break"])
+    code, out, err = run_cli("pretrain", "--family", "ltg_bert", "--objective", "causal", *TINY, "--max-steps", "2",
+                             "--eval-steps", "1000", "--train-files", tmp_path / "train.txt", "--validation-files",
+                             tmp_path / "valid.txt", "--output", tmp_path / "ckpt", "--work-dir", tmp_path / "work")
+    assert code == 0, out + err
+    assert "as a causal LM on" in out and "validation causal perplexity" in out
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["architectures"] == ["LtgBertForCausalLM"] and not config.get("masked_next_token", False)
+    assert "'causal_loss'" in out and "'masked_loss'" not in out and "'mask_rate'" not in out  # the printed logs

@@ -93,7 +93,9 @@ def run_hybrid(args, objective: str) -> int:
     _training.train(trainer, args)
     _training.report_losses(trainer)
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    # trained_model(): the full weights where the Trainer shards them (FSDP); every process calls it.
+    trained = getattr(trainer, "trained_model", None)
+    model = trained() if trained is not None else trainer.accelerator.unwrap_model(trainer.model)
     if trainer.is_world_process_zero():
         print(summary(evaluate_hybrid(model, valid_set, tokenizer, args.batch_size, seed=args.seed),
                       train_set.token_ids, tokenizer), flush=True)

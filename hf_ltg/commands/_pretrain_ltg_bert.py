@@ -109,9 +109,11 @@ def masked_lm_evaluation(model, dataset, collator, batch_size: int) -> tuple[flo
     """(mean loss, accuracy, number) of the masked tokens of `dataset` under `collator`'s masking."""
     import torch
 
+    from ..progress import progress_bar
+
     total_loss, correct, count = 0.0, 0, 0
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
+        for start in progress_bar(range(0, len(dataset), batch_size), desc="validation (masked)", leave=False):
             batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             batch = {key: value.to(model.device) for key, value in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
