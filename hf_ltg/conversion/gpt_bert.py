@@ -70,12 +70,16 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
     tokenizer_path = _tokenizer_path(src, tokenizer)
     hf_tokenizer = _read_tokenizer(tokenizer_path) if tokenizer_path else None
     token_ids = _special_token_ids(hf_tokenizer) if hf_tokenizer is not None else {}
-    config = LtgBertConfig(
-        **{k: v for k, v in original.items() if k in LtgBertConfig().to_dict() or k in CONFIG_KEYS},
+    known = set(LtgBertConfig().to_dict())  # GPT-BERT's config keys are LTG-BERT's; others (its training's) go
+    config = LtgBertConfig(**{
+        **{k: v for k, v in original.items() if k in known},
         **token_ids,
-        position_layout="babylm", attention_output_norm="before_out_proj",
-        attention_gate=extra, layer_weighting=extra, masked_next_token=True,
-    )
+        "position_layout": "babylm",  # halves first, then heads; dropout after the classifier's second norm
+        "attention_output_norm": "before_out_proj",
+        "attention_gate": extra,
+        "layer_weighting": extra,
+        "masked_next_token": True,
+    })
     config.architectures = ["LtgBertForMaskedLM"]
 
     mapping = _key_mapping(config, extra)
@@ -87,6 +91,8 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
 
     model = LtgBertForMaskedLM(config)
     expected = model.state_dict()
+    unmapped = set(expected) - set(mapping) - set(model._tied_weights_keys)
+    assert not unmapped, f"no GPT-BERT tensor maps to {sorted(unmapped)}"  # would stay random: a converter bug
     for ours, theirs in mapping.items():
         if tuple(tensors[theirs].shape) != tuple(expected[ours].shape):
             raise ValueError(
