@@ -57,14 +57,16 @@ class LtgGptConfig(PretrainedConfig):
 
     model_type = "ltg_gpt"
     keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache output before and after transformers 5.24
-    # Tensor parallelism (transformers' tp_plan="auto", vLLM's Transformers backend). The MLP is
-    # sharded; q, k and v are packed one after the other in `qkv_proj`, which no plain column split
-    # shards by heads, so q/k/v are gathered ("_rep") unless the engine re-packs them by heads
-    # (vLLM's packed-QKV fusion, which recognises the attention's `split((D, D, D))`).
-    # No pipeline plan: the position embedding is added inside the base model's forward.
+    # Tensor parallelism, for vLLM's Transformers backend. q, k and v are packed one after the other
+    # in `qkv_proj`, which no plain column split shards by heads: vLLM's packed-QKV fusion, which
+    # recognises the attention's `split((D, D, D))`, shards it by heads, and out_proj then takes
+    # this rank's heads ("rowwise"). Where nothing re-packs it (transformers' own tp_plan="auto",
+    # older vLLM), "colwise_rep" keeps q/k/v whole, and the shapes disagree loudly rather than
+    # mixing heads silently. No pipeline plan: the position embedding is added inside the base
+    # model's forward, so a later stage would need the positions, not the embeddings.
     base_model_tp_plan = {
         "h.*.attn.qkv_proj": "colwise_rep",
-        "h.*.attn.out_proj": "rowwise_rep",
+        "h.*.attn.out_proj": "rowwise",
         "h.*.mlp.fc_in": "colwise",
         "h.*.mlp.fc_out": "rowwise",
     }
