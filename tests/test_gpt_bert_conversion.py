@@ -523,6 +523,44 @@ def test_a_state_dict_that_does_not_match_the_config_is_one_line_naming_the_firs
     assert not (tmp_path / "out").exists()
 
 
+def wrapper_layout(state):
+    """GPT-BERT's state dict under the names of its Hugging Face wrapper (BabyLM 2025 baselines:
+    GPTBERTForMaskedLM.model = the encoder with its embedding, lm_head = the classifier)."""
+    prefixes = {"embedding.": "model.embedding.", "transformer.": "model.", "classifier.": "lm_head."}
+    return {next(new + k[len(old):] for old, new in prefixes.items() if k.startswith(old)): v for k, v in state.items()}
+
+
+def test_hugging_face_wrapper_layout_converts_to_the_same_model(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    cfg = gpt_bert_config()
+    original = random_gpt_bert(cfg, extra=True)
+    state = wrapper_layout({k: v.contiguous() for k, v in original.state_dict().items()
+                            if k != "classifier.nonlinearity.5.weight"})
+    assert "model.dwa_modules.alphas.3" in state and "lm_head.nonlinearity.1.weight" in state
+    save_file(state, tmp_path / "model.safetensors")
+    wrapper_config = {k: v for k, v in cfg.items() if k != "num_hidden_layers"} | {"num_layers": 2}
+    (tmp_path / "config.json").write_text(json.dumps(wrapper_config))
+    write_tokenizer(tmp_path / "tokenizer.json", cfg["vocab_size"])
+    assert cli_main(["convert", "--from", "gpt-bert", "--config", str(tmp_path / "config.json"), str(tmp_path),
+                     str(tmp_path / "out")]) == 0
+    from transformers import AutoModelForCausalLM
+
+    causal = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
+    ids, keep = padded([14, 6], cfg["vocab_size"])
+    with torch.no_grad():
+        got = causal(input_ids=ids, attention_mask=keep.long()).logits
+    assert (got - run_original(original, ids, keep, causal=True))[keep].abs().max() < TOLERANCE
+    assert (tmp_path / "out" / "tokenizer.json").is_file()  # the tokenizer beside the weights came along
+
+    del state["model.mlp_layers.1.mlp.4.weight"]  # errors name the tensor as the file does
+    save_file(state, tmp_path / "model.safetensors")
+    code = cli_main(["convert", "--from", "gpt-bert", "--config", str(tmp_path / "config.json"), str(tmp_path),
+                     str(tmp_path / "out2")])
+    assert code == 2 and "lacks the tensor 'model.mlp_layers.1.mlp.4.weight'" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
+
 def test_safetensors_state_dict_converts_too(tmp_path):
     from safetensors.torch import save_file
 

@@ -19,6 +19,12 @@ Each difference is a few lines in one place of the same forward, and everything 
 `ltg_bert` with these four config fields rather than a second family; a reader of
 `modeling_ltg_bert.py` finds each one where it applies.
 
+Besides the pretraining code's own state dicts, the converter reads the key layout of the
+Hugging Face wrapper published with the BabyLM 2025 GPT-BERT baselines (`GPTBERTForMaskedLM` /
+`GPTBERTForCausalLM`: `model.embedding`, `model.attention_layers`, `model.mlp_layers`,
+`model.dwa_modules`, `lm_head.nonlinearity`; the same modules one level up), read from that
+modeling file; its config may name the depth `num_layers`.
+
 The converted folder holds `LtgBertForMaskedLM` weights with the full `auto_map`: the user picks the
 mode at load time, `AutoModelForMaskedLM` (bidirectional, shifted prediction at `[MASK]`) or
 `AutoModelForCausalLM` (causal mask, generation with a KV cache), on the same weights.
@@ -56,14 +62,18 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
     `tokenizer.json` (or a folder holding one); by default the one beside SRC, if any."""
     src = Path(src)
     original = read_json_config(config_path)
+    if "num_hidden_layers" not in original and "num_layers" in original:  # the Hugging Face wrapper's name
+        original["num_hidden_layers"] = original["num_layers"]
     require_keys(original, CONFIG_KEYS, f"GPT-BERT config {config_path}")
-    tensors = {name.removeprefix("module."): tensor for name, tensor in load_state_dict(src).items()}
+    tensors, wrapper = _pretraining_names(load_state_dict(src))
+
+    def named(name):  # a tensor as the user's file names it
+        return _wrapper_name(name) if wrapper else name
     if WORD_EMBEDDING not in tensors or not any(k.startswith("transformer.attention_layers.") for k in tensors):
-        hint = " (a training state: pass the model's own state dict, e.g. model.bin or model_ema.bin)" \
-            if {"model", "ema_model"} & {k.split(".")[0] for k in tensors} else ""
         raise ValueError(
             f"{src} is not a GPT-BERT state dict: it lacks {WORD_EMBEDDING!r} or 'transformer.attention_layers.*' "
-            f"(found e.g. {sorted(tensors)[:3]}){hint}."
+            f"(or the Hugging Face wrapper's 'model.embedding...', 'model.attention_layers.*'); found e.g. "
+            f"{sorted(tensors)[:3]}."
         )
     extra = any(".in_proj_vg." in k or k.startswith("transformer.dwa_modules.") for k in tensors)
 
@@ -83,11 +93,11 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
     config.architectures = ["LtgBertForMaskedLM"]
 
     mapping = _key_mapping(config, extra)
-    _check_keys(tensors, mapping, config, src)
-    _check_position_buffers(tensors, config, src)
+    _check_keys(tensors, mapping, config, src, named)
+    _check_position_buffers(tensors, config, src, named)
     if TIED_DECODER in tensors and not torch.equal(tensors[TIED_DECODER], tensors[WORD_EMBEDDING]):
-        raise ValueError(f"Tensor {TIED_DECODER!r} in {src} differs from {WORD_EMBEDDING!r}, but GPT-BERT ties "
-                         f"them; this is not a GPT-BERT state dict.")
+        raise ValueError(f"Tensor {named(TIED_DECODER)!r} in {src} differs from {named(WORD_EMBEDDING)!r}, but "
+                         f"GPT-BERT ties them; this is not a GPT-BERT state dict.")
 
     model = LtgBertForMaskedLM(config)
     expected = model.state_dict()
@@ -96,7 +106,7 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
     for ours, theirs in mapping.items():
         if tuple(tensors[theirs].shape) != tuple(expected[ours].shape):
             raise ValueError(
-                f"Tensor {theirs!r} in {src} has shape {tuple(tensors[theirs].shape)} but the config expects "
+                f"Tensor {named(theirs)!r} in {src} has shape {tuple(tensors[theirs].shape)} but the config expects "
                 f"{tuple(expected[ours].shape)}; the config does not describe these weights."
             )
     model.load_state_dict({ours: tensors[theirs].to(expected[ours].dtype) for ours, theirs in mapping.items()},
@@ -112,6 +122,36 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
             save_tokenizer(hf_tokenizer, tmp, model.config)
         (tmp / "README.md").write_text(model_card(config, Path(out).name, extra, hf_tokenizer is not None))
     return Path(out)
+
+
+# The Hugging Face wrapper's prefixes -> the pretraining code's (Bert.embedding / .transformer / .classifier).
+WRAPPER_PREFIXES = {
+    "model.embedding.": "embedding.",
+    "model.attention_layers.": "transformer.attention_layers.",
+    "model.mlp_layers.": "transformer.mlp_layers.",
+    "model.dwa_modules.": "transformer.dwa_modules.",
+    "lm_head.nonlinearity.": "classifier.nonlinearity.",
+}
+
+
+def _pretraining_names(tensors: dict) -> tuple[dict, bool]:
+    """The state dict under the pretraining code's names (DDP's `module.` dropped, the Hugging Face
+    wrapper's layout renamed), and whether the file was in the wrapper's layout."""
+    tensors = {name.removeprefix("module."): tensor for name, tensor in tensors.items()}
+    if "model.embedding.word_embedding.weight" not in tensors:
+        return tensors, False
+    renamed = {}
+    for name, tensor in tensors.items():
+        prefix = next((p for p in WRAPPER_PREFIXES if name.startswith(p)), None)
+        renamed[WRAPPER_PREFIXES[prefix] + name[len(prefix):] if prefix else name] = tensor
+    return renamed, True
+
+
+def _wrapper_name(name: str) -> str:
+    for wrapper, pretraining in WRAPPER_PREFIXES.items():
+        if name.startswith(pretraining):
+            return wrapper + name[len(pretraining):]
+    return name
 
 
 def _key_mapping(config: LtgBertConfig, extra: bool) -> dict[str, str]:
@@ -141,13 +181,13 @@ def _key_mapping(config: LtgBertConfig, extra: bool) -> dict[str, str]:
     return mapping
 
 
-def _check_keys(tensors, mapping, config, src) -> None:
+def _check_keys(tensors, mapping, config, src, named) -> None:
     """The first tensor the config needs that is missing, or the first one it has no place for."""
     needed = set(mapping.values())
     missing = [name for name in mapping.values() if name not in tensors]
     if missing:
         raise ValueError(
-            f"{src} lacks the tensor {missing[0]!r} that the config ({config.num_hidden_layers} layers, "
+            f"{src} lacks the tensor {named(missing[0])!r} that the config ({config.num_hidden_layers} layers, "
             f"{'model_extra.py' if config.layer_weighting else 'model.py'} layout) needs; "
             f"the config does not describe these weights."
         )
@@ -155,12 +195,12 @@ def _check_keys(tensors, mapping, config, src) -> None:
                if name not in needed and name != TIED_DECODER and not POSITION_BUFFER.match(name)]
     if unknown:
         raise ValueError(
-            f"{src} holds the tensor {unknown[0]!r} that the config ({config.num_hidden_layers} layers) has no "
+            f"{src} holds the tensor {named(unknown[0])!r} that the config ({config.num_hidden_layers} layers) has no "
             f"place for; set num_hidden_layers to the number the model was trained with."
         )
 
 
-def _check_position_buffers(tensors, config: LtgBertConfig, src) -> None:
+def _check_position_buffers(tensors, config: LtgBertConfig, src, named) -> None:
     """The stored bucket tables must be the ones the config computes (a wrong max_position_embeddings
     or position_bucket_size would otherwise convert silently)."""
     expected = {}
@@ -169,7 +209,8 @@ def _check_position_buffers(tensors, config: LtgBertConfig, src) -> None:
             continue
         size = table.shape[0]
         if table.dim() != 2 or table.shape[1] != size:
-            raise ValueError(f"Tensor {name!r} in {src} has shape {tuple(table.shape)}; expected a square table.")
+            raise ValueError(f"Tensor {named(name)!r} in {src} has shape {tuple(table.shape)}; expected a square "
+                             f"table.")
         if size not in expected:
             positions = torch.arange(size)
             expected[size] = relative_position_buckets(
@@ -177,7 +218,7 @@ def _check_position_buffers(tensors, config: LtgBertConfig, src) -> None:
             )
         if not torch.equal(table.long(), expected[size]):
             raise ValueError(
-                f"Tensor {name!r} in {src} is not the relative-position table of max_position_embeddings="
+                f"Tensor {named(name)!r} in {src} is not the relative-position table of max_position_embeddings="
                 f"{config.max_position_embeddings}, position_bucket_size={config.position_bucket_size}; "
                 f"set those config keys to the values the model was trained with."
             )
