@@ -166,9 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     """lm-eval's command line, with `ltg-mlm` registered; `argv` replaces sys.argv[1:]."""
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = ["lm-eval", *argv]
-    cli_evaluate()
+    if argv is None:
+        return cli_evaluate()
+    saved, sys.argv = sys.argv, ["lm-eval", *argv]  # lm-eval's parser reads sys.argv itself
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_stock_hf_model_scores_gpt_and_ltg_bert_as_causal_lms_without_hf_ltg(tmp
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path={str(tasks)!r})
+    manager = TaskManager(include_path={str(tasks)!r}, include_defaults=False)  # indexing lm-eval's own tasks takes seconds
     # LTG-BERT's tokenizer frames every text in [CLS] ... [SEP]; add_bos_token=False keeps the
     # [SEP] out of contexts and continuations (lm-eval still puts [CLS] before rolling texts).
     runs = {{"gpt": f"pretrained={{CKPT}},trust_remote_code=True",
@@ -156,16 +156,43 @@ def test_ltg_mlm_model_on_lm_evals_command_line_scores_pseudo_log_likelihoods(tm
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_pseudo_log_likelihoods_in(tmp_path / "out")
 
+
+@pytest.mark.slow  # lm-eval's command line indexes its thousands of task files first: ~10 s of CPU
+def test_hf_ltg_lm_eval_command_runs_lm_evals_command_line_with_ltg_mlm(tmp_path, monkeypatch, capsys):
+    from hf_ltg.cli import main
+
+    tasks = write_tasks(tmp_path / "tasks")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+
+    assert main(["lm-eval", "run", "--model", "ltg-mlm", "--model_args", f"pretrained={BERT}", "--tasks", "tiny_mc",
+                 "tiny_roll", "--include_path", str(tasks), "--batch_size", "4", "--log_samples",
+                 "--output_path", str(tmp_path / "out")]) == 0
+
+    assert "tiny_mc" in capsys.readouterr().out  # lm-eval's results table
+    assert_pseudo_log_likelihoods_in(tmp_path / "out")
+
+
+def test_hf_ltg_lm_eval_without_arguments_says_what_to_type(capsys):
+    from hf_ltg.cli import main
+
+    assert main(["lm-eval"]) == 2
+    assert "error: give lm-eval's arguments, its sub-command first: hf-ltg lm-eval run --model ltg-mlm" in \
+        capsys.readouterr().err
+
+
+def assert_pseudo_log_likelihoods_in(out):
+    """lm-eval's samples and accuracy in `out` equal masking each token with a plain loop."""
     def samples(task):
-        [path] = (tmp_path / "out").rglob(f"samples_{task}_*.jsonl")
+        [path] = out.rglob(f"samples_{task}_*.jsonl")
         return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
 
     choices, rolling = expected_pll(BERT)
     for sample, expected in zip(samples("tiny_mc"), choices):
         assert_close([float(r[0][0]) for r in sample["resps"]], expected)
     assert_close([float(s["resps"][0][0]) for s in samples("tiny_roll")], rolling)
-    [results_file] = (tmp_path / "out").rglob("results_*.json")
+    [results_file] = out.rglob("results_*.json")
     assert json.loads(results_file.read_text())["results"]["tiny_mc"]["acc,none"] == pytest.approx(accuracy(choices))
 
 
