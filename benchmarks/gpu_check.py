@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
@@ -95,18 +96,21 @@ def run(command, env, timeout, log: Path):
     with open(log, "w") as sink:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
-        deadline = start + timeout
-        try:
+
+        def copy():  # in a thread, so that a child silent for minutes (compiling) still meets its limit
             for line in child.stdout:
                 sink.write(line)
                 print(line, end="", flush=True)
-                if time.perf_counter() > deadline:
-                    raise subprocess.TimeoutExpired(command, timeout)
-            code = child.wait(timeout=max(1.0, deadline - time.perf_counter()))
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
+        try:
+            code = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
             code = "timeout"
+        reader.join(timeout=10)
     return code, time.perf_counter() - start
 
 

@@ -22,13 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO, run_without_hf_ltg
 
 from hf_ltg.gpt import LORA_TARGET_MODULES as GPT_LORA_TARGETS
 from hf_ltg.gpt import LtgGptConfig, LtgGptForCausalLM
 from hf_ltg.ltg_bert import LORA_TARGET_MODULES as BERT_LORA_TARGETS
 from hf_ltg.ltg_bert import LtgBertConfig, LtgBertForCausalLM, LtgBertForMaskedLM
-
-from helpers import REPO, run_without_hf_ltg
 
 DEVICE = os.environ.get("HF_LTG_CUDA_TEST_DEVICE", "cuda")
 pytestmark = [] if DEVICE == "cpu" else [pytest.mark.cuda]
@@ -58,7 +57,7 @@ def make_model(family, seed=0):
     torch.manual_seed(seed)
     model = cls(config())
     with torch.no_grad():  # weights large enough that the outputs are far from uniform
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() > 1:
                 param.normal_(0.0, 0.1)
     return model
@@ -187,7 +186,7 @@ def test_compiled_fullgraph_training_step(family):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert math.isclose(losses[0], float(eager_loss), rel_tol=2e-2), (losses, float(eager_loss))
     assert losses[1] < losses[0]
 
@@ -211,7 +210,7 @@ def test_peft_lora_trains(family):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0], losses
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
@@ -268,8 +267,9 @@ def test_greedy_generate_matches_cpu_fp32(family, cache):
 
 @pytest.mark.parametrize("name", ["ltg-gpt-lm", "ltg-gpt-classifier", "ltg-bert-mlm"])
 def test_shipped_checkpoint_loads_with_device_map_cuda_without_hf_ltg(name, tmp_path):
-    """A clean process that cannot import hf_ltg: trust_remote_code + device_map="cuda" puts every
-    weight on the GPU, and the outputs equal the same checkpoint on CPU."""
+    """A clean process that cannot import hf_ltg (nor the carried wheels: PYTHONPATH is dropped, so on
+    the device this is the image's own transformers): trust_remote_code + device_map="cuda" puts
+    every weight on the GPU, and the outputs equal the same checkpoint on CPU."""
     code = f"""
     import json, torch
     from transformers import AutoConfig, AutoTokenizer
@@ -319,15 +319,18 @@ def test_cuda_paths_leave_the_cpu_kernels_alone():
     emulated 16-bit autocast) must not be taken: Linear is F.linear, dropout is F.dropout."""
     from hf_ltg.gpt import kernels_ltg_gpt as kernels
 
+    if DEVICE != "cuda":
+        pytest.skip("on CPU these paths are meant to be taken")
     linear = kernels.Linear(16, 8).to(DEVICE)
     x = torch.randn(5, 16, device=DEVICE)
     assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
-    assert not kernels.emulated_16bit_autocast(DEVICE)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert not kernels.emulated_16bit_autocast(DEVICE)
+        assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
     torch.manual_seed(3)
     want = F.dropout(x, 0.5, training=True)
     torch.manual_seed(3)
-    if DEVICE == "cuda":
-        assert torch.equal(kernels.fast_dropout(x, 0.5, training=True), want)
+    assert torch.equal(kernels.fast_dropout(x, 0.5, training=True), want)
 
 
 def test_device_check_plan_is_for_this_file():
