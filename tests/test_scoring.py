@@ -84,3 +84,18 @@ def test_bad_requests_are_one_line_errors_naming_the_request():
         pseudo_log_likelihood_scores(model, [([], [5], [2])], tokenizer.mask_token_id, next_token=True)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         causal_scores(model, [([1], [5])], batch_size=0)
+
+
+def test_a_masked_next_token_checkpoint_needs_no_shift_its_head_reads_the_position_before():
+    from hf_ltg import LtgBertForMaskedLM
+
+    tokenizer, plain = load(BERT, AutoModelForMaskedLM)
+    gpt_bert = LtgBertForMaskedLM.from_pretrained(BERT, masked_next_token=True, dtype=torch.float32).eval()
+    ids = tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
+    framed = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]
+
+    [score] = pseudo_log_likelihood_scores(gpt_bert, [(framed[:1], ids, framed[-1:])], tokenizer.mask_token_id)
+
+    # The same weights without the flag, read at the position before each mask (GPT-BERT's convention).
+    expected, _ = pseudo_log_likelihood(plain, framed, range(1, len(framed) - 1), tokenizer.mask_token_id, shift=1)
+    assert score.log_likelihood == pytest.approx(expected, abs=1e-4)
