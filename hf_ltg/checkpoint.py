@@ -152,7 +152,8 @@ CHECKPOINT_FILE = re.compile(
     r"^(config\.json|generation_config\.json|adapter_config\.json|labels\.json|README\.md|training_curves\.png"
     r"|[\w.-]+\.safetensors|model\.safetensors\.index\.json|pytorch_model\.bin|adapter_model\.bin"
     r"|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|tokenizer\.model"
-    r"|vocab\.json|vocab\.txt|merges\.txt|chat_template\.jinja|chat_template\.json|\w+_ltg_(gpt|bert)\.py)$"
+    r"|vocab\.json|vocab\.txt|merges\.txt|chat_template\.jinja|chat_template\.json|\w+_ltg_(gpt|bert)\.py"
+    r"|model\.onnx|model\.onnx\.data|genai_config\.json)$"  # the folders of `hf-ltg export --onnx`
 )
 
 

@@ -42,7 +42,7 @@ class CommandError(Exception):
 
 
 # Arguments naming what a command writes; the doctor reads damaged folders to list their problems.
-OUTPUT_ARGUMENTS = {"out", "output", "work_dir"}
+OUTPUT_ARGUMENTS = {"out", "output", "work_dir", "onnx", "gguf"}
 UNCHECKED_COMMANDS = {"doctor"}
 
 
