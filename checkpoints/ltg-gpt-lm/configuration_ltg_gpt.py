@@ -4,6 +4,8 @@ This file is copied into every checkpoint next to `modeling_ltg_gpt.py`: it impo
 from hf_ltg.
 """
 
+import sys
+
 from transformers import PretrainedConfig
 
 ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new", "gelu", "relu", "silu", "quick_gelu")
@@ -27,6 +29,23 @@ PRESETS = {
 }
 PRESET_ALIASES = {"gpt2": "gpt2-small", "small": "gpt2-small", "medium": "gpt2-medium",
                   "large": "gpt2-large", "xl": "gpt2-xl"}
+
+# peft's default target modules for a peft config that names none (`LoraConfig(task_type=...)`).
+# peft looks them up by `model.config.model_type` in the mappings of `peft.utils.constants`, which
+# know only transformers' own models, so this file adds the family's entries (see
+# `register_peft_target_modules`). LoRA, and every method whose defaults peft copies from LoRA's,
+# adapts the fused q/k/v projection, as peft does for GPT-2 (`c_attn`); the other methods get
+# peft's GPT-2 choices under this model's module names.
+LORA_TARGET_MODULES = ["qkv_proj"]
+PEFT_TARGET_MODULES = {
+    "IA3_TARGET_MODULES": ["qkv_proj", "mlp.fc_out"],
+    "IA3_FEEDFORWARD_MODULES": ["mlp.fc_out"],
+    "LNTUNING_TARGET_MODULES": ["ln_1", "ln_2", "ln_f"],
+    "OSF_TARGET_MODULES": ["qkv_proj", "out_proj", "fc_in", "fc_out"],
+    "C3A_TARGET_MODULES": ["mlp.fc_out"],
+    "FOURIERFT_TARGET_MODULES": ["mlp.fc_out"],
+    "WAVEFT_TARGET_MODULES": ["mlp.fc_out"],
+}
 
 
 class LtgGptConfig(PretrainedConfig):
@@ -168,6 +187,12 @@ class LtgGptConfig(PretrainedConfig):
         gpt2_ids = dict(bos_token_id=50256, eos_token_id=50256)
         return cls(**{**PRESETS[key], **gpt2_ids, **overrides})
 
+    def to_dict(self):
+        # peft reads the config through `to_dict()` before it looks up default target modules,
+        # so peft imported after this file still finds them.
+        register_peft_target_modules()
+        return super().to_dict()
+
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -175,3 +200,24 @@ def _is_int(value) -> bool:
 
 def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN
+
+
+def register_peft_target_modules(constants=None) -> None:
+    """Add the family's entries to peft's default-target mappings, keeping any entry already there.
+
+    `constants` is `peft.utils.constants`; by default the one already imported, if any: importing
+    peft here would add about a second to every load of this file.
+    """
+    constants = constants or sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for name in dir(constants):
+        mapping = getattr(constants, name)
+        if not (name.startswith("TRANSFORMERS_MODELS_TO_") and name.endswith("_MODULES_MAPPING")
+                and isinstance(mapping, dict)):
+            continue
+        targets = PEFT_TARGET_MODULES.get(name[len("TRANSFORMERS_MODELS_TO_"):-len("_MAPPING")], LORA_TARGET_MODULES)
+        mapping.setdefault(LtgGptConfig.model_type, list(targets))
+
+
+register_peft_target_modules()

@@ -2,6 +2,8 @@
 
 Default data: instructions built from the standard library (what a function, a keyword or a
 reference section does; see `hf_ltg.data.corpus`). Reports validation loss before and after.
+The checkpoint's tokenizer gets the Alpaca chat template (`hf_ltg.data.ALPACA_CHAT_TEMPLATE`), so
+`apply_chat_template` (TRL, vLLM, pipelines) renders conversations in the format it was tuned on.
 """
 
 from ..adapter_options import add_adapter_arguments
@@ -30,7 +32,13 @@ def run(args) -> int:
     from transformers import AutoModelForCausalLM, set_seed
 
     from ..adapters import apply_adapter
-    from ..data.core import InstructionDataset, PaddingCollator, format_alpaca_prompt, read_instruction_file
+    from ..data.core import (
+        ALPACA_CHAT_TEMPLATE,
+        InstructionDataset,
+        PaddingCollator,
+        format_alpaca_prompt,
+        read_instruction_file,
+    )
     from ..data.corpus import instruction_data
     from ..tokenization import check_tokenizer_fits
     from ..training import LtgTrainer, generate_text
@@ -86,5 +94,6 @@ def run(args) -> int:
         print(f"validation loss {before:.4f} before, {after:.4f} after fine-tuning")
         print(f"example: {example['instruction']!r} -> {response.strip()!r} (reference {example['output']!r})")
     generation_config = _training.default_generation_config(tokenizer, max_new_tokens=100)
+    tokenizer.chat_template = ALPACA_CHAT_TEMPLATE  # `apply_chat_template` then renders the trained format
     _training.save(trainer, args.output, tokenizer, generation_config, merge=args.merge)
     return 0

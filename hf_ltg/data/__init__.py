@@ -11,6 +11,7 @@ functions are imported from `hf_ltg.data.corpus`.
 """
 
 from .core import (
+    ALPACA_CHAT_TEMPLATE,
     ALPACA_HEADER,
     ALPACA_HEADER_WITH_INPUT,
     COLUMN_NAMES,
@@ -33,6 +34,7 @@ from .hybrid import HybridCollator, HybridDataset, span_mask
 from .masked import BYTE_LEVEL_SPACE, MaskedLanguageModelingDataset, MaskingCollator, word_start_table
 
 __all__ = [
+    "ALPACA_CHAT_TEMPLATE",
     "ALPACA_HEADER",
     "ALPACA_HEADER_WITH_INPUT",
     "BYTE_LEVEL_SPACE",

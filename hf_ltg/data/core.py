@@ -367,6 +367,39 @@ def format_alpaca_prompt(instruction: str, input: str = "") -> str:
     return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
+# The Alpaca format of `format_alpaca_prompt` and `InstructionDataset` as a tokenizer chat template
+# (Jinja, rendered by `tokenizer.apply_chat_template`), which `hf-ltg finetune-instruct` saves with
+# its checkpoints so that TRL, vLLM and pipelines format conversations the way the model was tuned.
+# A user message is the instruction; its optional `input` key is the Alpaca input. The generation
+# prompt is "### Response:\n": a user turn with it renders `format_alpaca_prompt`, and a user turn
+# followed by an assistant turn renders prompt + response + eos, the text of a training record.
+# Every further exchange repeats the whole record format (the model saw one record per sequence).
+# A system message replaces the header. The {% generation %} markers around the response and its
+# eos let TRL's `assistant_only_loss` train on responses only, like `--mask-prompt`.
+ALPACA_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(header=none) -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}{%- set ns.header = messages[0]['content'] -%}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- set input = message['input'] if message['input'] is defined and message['input'] is not none else '' -%}"
+    "{%- if input | trim -%}"
+    "{{ (ns.header if ns.header is not none else " + repr(ALPACA_HEADER_WITH_INPUT) + ")"
+    " + '\\n\\n### Instruction:\\n' + message['content'] + '\\n\\n### Input:\\n' + input + '\\n\\n' }}"
+    "{%- else -%}"
+    "{{ (ns.header if ns.header is not none else " + repr(ALPACA_HEADER) + ")"
+    " + '\\n\\n### Instruction:\\n' + message['content'] + '\\n\\n' }}"
+    "{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ '### Response:\\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{%- elif message['role'] != 'system' or not loop.first -%}"
+    "{{ raise_exception('The Alpaca chat template takes a leading system message, then user and assistant "
+    "messages; got a ' + message['role'] + ' message at position ' + loop.index0 | string + '.') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '### Response:\\n' }}{%- endif -%}"
+)
+
+
 def read_instruction_file(path: str | os.PathLike) -> list[dict]:
     """Alpaca records (`instruction`, optional `input`, `output`) from a JSON array or JSONL file."""
     path = Path(path)

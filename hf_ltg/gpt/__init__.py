@@ -1,6 +1,6 @@
 """The GPT family: a GPT-2 style decoder with causal-LM, sequence- and token-classification heads."""
 
-from .configuration_ltg_gpt import PRESETS, LtgGptConfig
+from .configuration_ltg_gpt import LORA_TARGET_MODULES, PRESETS, LtgGptConfig, register_peft_target_modules
 from .modeling_ltg_gpt import (
     LtgGptForCausalLM,
     LtgGptForSequenceClassification,
@@ -16,14 +16,11 @@ AUTO_MODEL_CLASSES = {
     "AutoModelForTokenClassification": LtgGptForTokenClassification,
 }
 
-# peft's default LoRA targets when `target_modules` is not given (GPT-2's own default in peft
-# is the fused attention projection).
-LORA_TARGET_MODULES = ["qkv_proj"]
-
 __all__ = [
     "AUTO_MODEL_CLASSES",
     "LORA_TARGET_MODULES",
     "PRESETS",
+    "register_peft_target_modules",
     "LtgGptConfig",
     "LtgGptForCausalLM",
     "LtgGptForSequenceClassification",

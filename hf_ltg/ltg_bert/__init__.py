@@ -1,6 +1,6 @@
 """LTG-BERT: the Language Technology Group's masked language model, with every head."""
 
-from .configuration_ltg_bert import LtgBertConfig
+from .configuration_ltg_bert import LORA_TARGET_MODULES, LtgBertConfig, register_peft_target_modules
 from .modeling_ltg_bert import (
     LtgBertForCausalLM,
     LtgBertForMaskedLM,
@@ -22,9 +22,6 @@ AUTO_MODEL_CLASSES = {
     "AutoModelForMultipleChoice": LtgBertForMultipleChoice,
 }
 
-# The fused query/key projection and the value projection of every attention layer.
-LORA_TARGET_MODULES = ["in_proj_qk", "in_proj_v"]
-
 __all__ = [
     "AUTO_MODEL_CLASSES",
     "LORA_TARGET_MODULES",
@@ -37,4 +34,5 @@ __all__ = [
     "LtgBertForTokenClassification",
     "LtgBertModel",
     "LtgBertPreTrainedModel",
+    "register_peft_target_modules",
 ]

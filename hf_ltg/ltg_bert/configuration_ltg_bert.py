@@ -4,6 +4,8 @@ This file is copied into every checkpoint next to `modeling_ltg_bert.py`: it imp
 from hf_ltg.
 """
 
+import sys
+
 from transformers import PretrainedConfig
 
 # How the projected relative-position table splits into its query-position and key-position
@@ -36,6 +38,24 @@ PRESETS = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048),
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1024),
     "xs": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=512),
+}
+
+# peft's default target modules for a peft config that names none (`LoraConfig(task_type=...)`).
+# peft looks them up by `model.config.model_type` in the mappings of `peft.utils.constants`, which
+# know only transformers' own models, so this file adds the family's entries (see
+# `register_peft_target_modules`). LoRA, and every method whose defaults peft copies from LoRA's,
+# adapts the fused query/key projection and the value projection, as peft does for BERT (`query`,
+# `value`); the other methods get peft's BERT (or, where it has none, GPT-2) choices under this
+# model's module names. LN tuning takes the LayerNorms that have parameters. Poly leaves out
+# `in_proj_qk`, which also projects the 2-D relative-position table (Poly's layers take 3-D input).
+LORA_TARGET_MODULES = ["in_proj_qk", "in_proj_v"]
+PEFT_TARGET_MODULES = {
+    "IA3_TARGET_MODULES": ["in_proj_qk", "in_proj_v", "mlp.down_proj"],
+    "IA3_FEEDFORWARD_MODULES": ["mlp.down_proj"],
+    "BEFT_TARGET_MODULES": ["in_proj_v"],
+    "POLY_TARGET_MODULES": ["in_proj_v"],
+    "LNTUNING_TARGET_MODULES": ["relative_layer_norm", "attention.post_layer_norm"],
+    "OSF_TARGET_MODULES": ["in_proj_qk", "in_proj_v", "out_proj", "up_proj", "down_proj"],
 }
 
 
@@ -208,6 +228,12 @@ class LtgBertConfig(PretrainedConfig):
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
 
+    def to_dict(self):
+        # peft reads the config through `to_dict()` before it looks up default target modules,
+        # so peft imported after this file still finds them.
+        register_peft_target_modules()
+        return super().to_dict()
+
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -215,3 +241,24 @@ def _is_int(value) -> bool:
 
 def _is_real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # NaN != NaN
+
+
+def register_peft_target_modules(constants=None) -> None:
+    """Add the family's entries to peft's default-target mappings, keeping any entry already there.
+
+    `constants` is `peft.utils.constants`; by default the one already imported, if any: importing
+    peft here would add about a second to every load of this file.
+    """
+    constants = constants or sys.modules.get("peft.utils.constants")
+    if constants is None:
+        return
+    for name in dir(constants):
+        mapping = getattr(constants, name)
+        if not (name.startswith("TRANSFORMERS_MODELS_TO_") and name.endswith("_MODULES_MAPPING")
+                and isinstance(mapping, dict)):
+            continue
+        targets = PEFT_TARGET_MODULES.get(name[len("TRANSFORMERS_MODELS_TO_"):-len("_MAPPING")], LORA_TARGET_MODULES)
+        mapping.setdefault(LtgBertConfig.model_type, list(targets))
+
+
+register_peft_target_modules()
