@@ -213,7 +213,10 @@ def main(argv=None):
         ready = summary["versions"] and summary["versions"]["cuda_available"] and tuple(
             int(x) for x in summary["versions"]["transformers"].split(".")[:2]) >= REQUIRED["transformers"]
         if not ready:
-            print(f"gpu_check: error: not ready to run: {summary['versions']} (see {out / 'install.log'})",
+            v = summary["versions"] or {}
+            why = ("the versions step failed" if not v else "torch sees no CUDA device" if not v["cuda_available"]
+                   else f"transformers {v['transformers']} is older than 5.23 (were the wheels installed?)")
+            print(f"gpu_check: error: not ready to run: {why}; see {out / 'install.log'} and {out / 'versions.log'}",
                   file=sys.stderr)
         else:
             left = budget - (time.perf_counter() - started)
