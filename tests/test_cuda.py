@@ -297,7 +297,7 @@ def test_shipped_checkpoint_loads_with_device_map_cuda_without_hf_ltg(name, tmp_
     assert result["diff"] <= 1e-4, result
 
 
-def test_int8_gpt_inference_runs_and_matches_cpu_int8():
+def test_int8_inference_runs_on_gpt_and_is_refused_on_ltg_bert():
     """Int8 GPT layers on the GPU compute what they compute on CPU (the same int32 products, or the
     float fallback for shapes without an int8 kernel), and stay near the float model."""
     from hf_ltg.quantization import quantize_model
@@ -312,6 +312,9 @@ def test_int8_gpt_inference_runs_and_matches_cpu_int8():
     keep = mask.bool()
     torch.testing.assert_close(got[keep], want[keep], atol=1e-4, rtol=1e-4)
     assert (want[keep] - float_logits[keep]).abs().max() < 0.1 * float_logits[keep].abs().max()
+    # LTG-BERT has no int8 layers: refused with one line naming the supported family
+    with pytest.raises(ValueError, match="LTG-BERT checkpoints are not supported"):
+        quantize_model(make_model("ltg-bert").to(DEVICE), "absmax")
 
 
 def test_cuda_paths_leave_the_cpu_kernels_alone():
