@@ -22,10 +22,12 @@ def add_parser(subparsers):
     parser.add_argument("--arch", "--family", dest="arch", choices=ARCHITECTURES, default="gpt",
                         help="model family (default: %(default)s); ltg-bert (or ltg_bert) trains LTG-BERT with a "
                              "WordPiece tokenizer, written to checkpoints/ltg-bert unless --output is given")
-    parser.add_argument("--objective", choices=OBJECTIVES,
+    # --objective and --causal-ratio are checked in run(), so that a bad value is a one-line error
+    # (argparse's own would print the whole usage first).
+    parser.add_argument("--objective", metavar="{" + ",".join(OBJECTIVES) + "}",
                         help="ltg-bert: masked (LTG-BERT, the default), causal, or hybrid (GPT-BERT: masked and causal "
                              "batches, span masking, next-token targets in both modes); gpt: causal only")
-    parser.add_argument("--causal-ratio", type=_ratio, metavar="R",
+    parser.add_argument("--causal-ratio", metavar="R",
                         help="hybrid: share of causal batches, in [0, 1] (default: 1/16, GPT-BERT's 15 masked GPUs "
                              "of 16)")
     parser.add_argument("--mask-rate-start", type=float, metavar="P",
@@ -60,15 +62,13 @@ def add_parser(subparsers):
 
 
 def _ratio(text: str) -> float:
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give the share of causal batches in [0, 1]")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; give the share of causal batches "
-                                         "(0 = masked only, 1 = causal only, GPT-BERT: 0.0625)")
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"--causal-ratio {text} is outside [0, 1]; give the share of causal batches "
+                         "(0 = masked only, 1 = causal only, GPT-BERT: 0.0625).")
     return value
 
 
@@ -78,6 +78,11 @@ HYBRID_OPTIONS = ("causal_ratio", "mask_rate_start", "mask_rate_end", "max_span_
 def check_objective(args) -> str:
     """The objective the options ask for; refuses combinations that would be ignored."""
     args.arch = args.arch.replace("_", "-")
+    if args.objective is not None and args.objective not in OBJECTIVES:
+        raise ValueError(f"--objective {args.objective} is unknown; use one of {', '.join(OBJECTIVES)} "
+                         "(hybrid and masked need --family ltg_bert).")
+    if args.causal_ratio is not None:
+        args.causal_ratio = _ratio(args.causal_ratio)
     objective = args.objective or ("masked" if args.arch == "ltg-bert" else "causal")
     if args.arch == "gpt" and objective != "causal":
         raise ValueError(f"--objective {objective} needs --family ltg_bert; GPT trains the causal objective only.")
