@@ -66,9 +66,6 @@ def score_sentences(model, tokenizer, sentences, mode: str, batch_size: int, pro
     from .scoring import causal_prefix, causal_scores, pseudo_log_likelihood_scores, special_tokens_around
 
     ids = [tokenizer(sentence, add_special_tokens=False)["input_ids"] for sentence in sentences]
-    for sentence, tokens in zip(sentences, ids):
-        if not tokens:
-            raise ValueError(f"{sentence!r} has no tokens under the tokenizer; give every sentence some text.")
     if mode == "causal":
         prefix = causal_prefix(tokenizer)
         scores = causal_scores(model, [(prefix, tokens) for tokens in ids], batch_size, progress=progress)
@@ -119,6 +116,11 @@ def evaluate(model_dir, pairs, modes=None, batch_size: int = 32, group_by: str |
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}.")
     tokenizer = load_tokenizer(model_dir)
+    for pair in pairs:
+        for field in SENTENCE_FIELDS:
+            if not tokenizer(pair[field], add_special_tokens=False)["input_ids"]:
+                raise ValueError(f"{pair['file']}, line {pair['line']}: '{field}' {pair[field]!r} has no tokens under "
+                                 f"the tokenizer of {model_dir}; give it some text.")
     models = load_models(model_dir, modes or default_modes(tokenizer), tokenizer)
     sentences = [pair[field] for pair in pairs for field in SENTENCE_FIELDS]
     scores = {}

@@ -96,6 +96,7 @@ def test_default_mode_is_both_for_a_masked_lm_and_causal_for_a_causal_lm(tmp_pat
     ({"sentence_bad": "The dog bark."}, "line 2 has no field 'sentence_good'"),
     ({"sentence_good": "", "sentence_bad": "x"}, "line 2: 'sentence_good' must be a non-empty string"),
     ("not json", "line 2 is not valid JSON"),
+    ({"sentence_good": "The dog barks.", "sentence_bad": "\u200b"}, "line 2: 'sentence_bad' '\\u200b' has no tokens"),
     (["a", "b"], "line 2 is a JSON list"),
 ])
 def test_a_bad_line_is_one_error_naming_file_line_and_field_and_nothing_is_written(line, message, tmp_path, capsys):

@@ -40,8 +40,20 @@ def run(args) -> int:
     tokenizer = load_checkpoint_tokenizer(args.model)
     pairs = read_pairs(args.files or [SHIPPED_PAIRS])
     modes = default_modes(tokenizer) if args.mode is None else MODES if args.mode == "both" else (args.mode,)
-    with tqdm(total=len(pairs) * 2 * len(modes), desc="scoring sentences", unit="sentence", file=sys.stderr) as bar:
-        results = evaluate(args.model, pairs, modes, args.batch_size, args.group_by, progress=bar.update)
+    bars = []
+
+    def progress(sentences: int) -> None:
+        # Opened at the first scored batch, so that an error found before any scoring is alone on stderr.
+        if not bars:
+            bars.append(tqdm(total=len(pairs) * 2 * len(modes), desc="scoring sentences", unit="sentence",
+                             file=sys.stderr))
+        bars[0].update(sentences)
+
+    try:
+        results = evaluate(args.model, pairs, modes, args.batch_size, args.group_by, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     print(f"{results['pairs']} pairs from {', '.join(results['files'])}; {args.model}; "
           f"accuracy = share of pairs whose good sentence scores higher")
     print(format_table(results))
