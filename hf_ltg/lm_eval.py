@@ -28,6 +28,9 @@ from lm_eval.api.registry import model_registry
 
 MODEL_NAME = "ltg-mlm"
 DEFAULT_BATCH_SIZE = 64  # masked copies per forward
+# Copies x padded length per forward: the logits hold that many vocabulary-sized rows (512 MiB of
+# float32 for a 16k vocabulary), so 512-token windows go 16 copies to a forward, not 64.
+MAX_TOKENS = 8192
 
 
 class LtgMaskedLM(TemplateLM):
@@ -133,7 +136,7 @@ class LtgMaskedLM(TemplateLM):
         with tqdm(total=len(requests), desc=f"Running {description} ({MODEL_NAME})", disable=disable_tqdm) as bar:
             return pseudo_log_likelihood_scores(
                 self.model, requests, self.tokenizer.mask_token_id, batch_size=self.batch_size,
-                next_token=self.next_token, progress=bar.update,
+                next_token=self.next_token, progress=bar.update, max_tokens=MAX_TOKENS,
             )
 
 

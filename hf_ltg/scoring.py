@@ -29,14 +29,15 @@ class Score:
 
 
 def causal_scores(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 16,
-                  progress: Callable[[int], None] | None = None) -> list[Score]:
+                  progress: Callable[[int], None] | None = None, max_tokens: int | None = None) -> list[Score]:
     """log P(continuation | context) for each `(context_ids, continuation_ids)` under a causal LM.
 
     The context must hold at least one token (a BOS token when there is no text before the
     continuation), and the continuation too. `progress(n)` is called after each batch with the number
-    of requests it finished.
+    of requests it finished. `max_tokens` caps rows x padded length per forward (the logits are that
+    many vocabulary-sized rows): long sequences then go fewer to a batch.
     """
-    _check_batch_size(batch_size)
+    _check_batch_size(batch_size, max_tokens)
     for index, (context, continuation) in enumerate(requests):
         if not context or not continuation:
             raise ValueError(
@@ -47,8 +48,7 @@ def causal_scores(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
     scores: list[Score | None] = [None] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: -len(sequences[i]))
     device = _device(model)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    for batch in _batches(order, [len(sequences[i]) - 1 for i in order], batch_size, max_tokens):
         # The last token is never an input: it is only predicted.
         input_ids, attention_mask = _pad([sequences[i][:-1] for i in batch], model, device)
         with torch.no_grad():
@@ -66,17 +66,18 @@ def causal_scores(model, requests: Sequence[tuple[Sequence[int], Sequence[int]]]
 
 def pseudo_log_likelihood_scores(model, requests: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
                                  mask_token_id: int, batch_size: int = 64, next_token: bool = False,
-                                 progress: Callable[[int], None] | None = None) -> list[Score]:
+                                 progress: Callable[[int], None] | None = None,
+                                 max_tokens: int | None = None) -> list[Score]:
     """The PLL of `target_ids` in the sequence `left_ids + target_ids + right_ids` for each
     `(left_ids, target_ids, right_ids)` under a masked LM: one masked copy per target token.
 
     `left_ids` usually starts with the tokenizer's CLS token (and holds the context), `right_ids`
     holds its SEP token. `next_token=True` reads the prediction for a masked position i at i - 1
     (GPT-BERT's masked next-token convention), so the first target needs a token before it.
-    `batch_size` counts masked copies; `progress(n)` is called with the number of requests whose
-    last copy a batch scored.
+    `batch_size` counts masked copies, `max_tokens` caps copies x padded length per forward (as in
+    `causal_scores`); `progress(n)` is called with the number of requests whose last copy a batch scored.
     """
-    _check_batch_size(batch_size)
+    _check_batch_size(batch_size, max_tokens)
     copies = []  # (request index, position of the masked token)
     for index, (left, target, _) in enumerate(requests):
         if not target:
@@ -93,8 +94,7 @@ def pseudo_log_likelihood_scores(model, requests: Sequence[tuple[Sequence[int], 
     totals = [0.0] * len(requests)
     greedy = [True] * len(requests)
     device = _device(model)
-    for start in range(0, len(copies), batch_size):
-        batch = copies[start:start + batch_size]
+    for batch in _batches(copies, [len(sequences[i]) for i, _ in copies], batch_size, max_tokens):
         input_ids, attention_mask = _pad([sequences[i] for i, _ in batch], model, device)
         rows = torch.arange(len(batch), device=device)
         positions = torch.tensor([position for _, position in batch], device=device)
@@ -138,6 +138,16 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
                      "the text is not a part of the first, so the special tokens around a text are unknown.")
 
 
+def _batches(items: list, lengths: list[int], batch_size: int, max_tokens: int | None):
+    """Consecutive slices of `items` (sorted longest first, so a slice's first length is its padded
+    length) of at most `batch_size` items and, with `max_tokens`, at most that many padded tokens."""
+    start = 0
+    while start < len(items):
+        rows = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(1, lengths[start])))
+        yield items[start:start + rows]
+        start += rows
+
+
 def _score(log_probs: torch.Tensor, targets: torch.Tensor) -> Score:
     """log_probs [N, V] at the N positions that predict `targets` [N]."""
     total = log_probs.gather(-1, targets[:, None]).sum().item()
@@ -160,6 +170,8 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_batch_size(batch_size) -> None:
+def _check_batch_size(batch_size, max_tokens=None) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}.")

@@ -66,12 +66,20 @@ def test_pseudo_log_likelihoods_of_batched_masked_copies_equal_masking_one_token
         assert score.is_greedy == greedy and score.tokens == len(target)
 
 
-def test_scores_do_not_depend_on_the_batch_size():
+def test_scores_do_not_depend_on_the_batch_size_or_a_token_budget():
     tokenizer, model = load(BERT, AutoModelForMaskedLM)
     requests = [([1], tokenizer(t, add_special_tokens=False)["input_ids"], [2]) for t in TEXTS]
     one = pseudo_log_likelihood_scores(model, requests, tokenizer.mask_token_id, batch_size=1)
     many = pseudo_log_likelihood_scores(model, requests, tokenizer.mask_token_id, batch_size=64)
-    assert [s.log_likelihood for s in one] == pytest.approx([s.log_likelihood for s in many], abs=1e-5)
+    # 20 tokens per forward: one copy of the longest sentence, a few of the shortest.
+    budget = pseudo_log_likelihood_scores(model, requests, tokenizer.mask_token_id, batch_size=64, max_tokens=20)
+    for other in (many, budget):
+        assert [s.log_likelihood for s in one] == pytest.approx([s.log_likelihood for s in other], abs=1e-5)
+
+    causal = load(BERT, AutoModelForCausalLM)[1]
+    requests = [([1], ids) for _, ids, _ in requests]
+    assert [s.log_likelihood for s in causal_scores(causal, requests, batch_size=1)] == pytest.approx(
+        [s.log_likelihood for s in causal_scores(causal, requests, batch_size=64, max_tokens=20)], abs=1e-5)
 
 
 def test_bad_requests_are_one_line_errors_naming_the_request():
