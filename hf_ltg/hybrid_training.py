@@ -107,7 +107,7 @@ class HybridTrainer(LtgTrainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
             total = self._mode_losses["causal" if bool(inputs["causal"]) else "masked"]
-            total[0] += float(loss.detach())
+            total[0] += loss.detach()  # a tensor until the next log: no device sync per step
             total[1] += 1
         return (loss, outputs) if return_outputs else loss
 
@@ -115,7 +115,7 @@ class HybridTrainer(LtgTrainer):
         if "loss" in logs:  # a training log: add what each objective contributed since the last one
             for mode, (total, count) in self._mode_losses.items():
                 if count:
-                    logs[f"{mode}_loss"] = total / count
+                    logs[f"{mode}_loss"] = float(total) / count
             self._mode_losses = {"masked": [0.0, 0], "causal": [0.0, 0]}
             collator = self.data_collator
             if isinstance(collator, HybridCollator) and collator.causal_ratio < 1:
