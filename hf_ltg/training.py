@@ -414,11 +414,12 @@ class LtgTrainer(Trainer):
         if not (self.is_fsdp_enabled and self.args.should_save and state_dict is not None):
             return super()._save(output_dir, state_dict)
         # FSDP2 swaps the model's class for a subclass defined in torch, whose source file save_pretrained
-        # would copy as the model's code: a plain copy of the model writes the checkpoint instead.
+        # would copy as the model's code: a plain copy of the model writes the checkpoint instead (from
+        # its own state dict, where the tied weights are one tensor, saved once).
         sharded = self.model
         self.model = _plain_copy(self.accelerator.unwrap_model(sharded), state_dict)
         try:
-            super()._save(output_dir, state_dict)
+            super()._save(output_dir)
         finally:
             self.model = sharded
 
