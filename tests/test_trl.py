@@ -6,6 +6,7 @@ template that renders exactly the records the command trains on.
 """
 
 import json
+import math
 import shutil
 
 import pytest
@@ -177,3 +178,107 @@ def test_every_peft_method_with_default_targets_adapts_the_family(family):
     # or without default targets.
     known = {"GLORA"} if family == "ltg_gpt" else set()
     assert set(failures) <= known, failures
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL trainers, each a few steps on one batch of a tiny checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_instruct(tmp_path_factory, tokenizer):
+    """A tiny GPT saved by hf_ltg as `finetune-instruct` saves it (tokenizer with the chat template),
+    with a context long enough for the Alpaca header and without dropout, so that repeated steps on
+    one batch lower the loss every time."""
+    from hf_ltg import LtgGptConfig, LtgGptForCausalLM
+    from hf_ltg.tokenization import save_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_instruct")
+    torch.manual_seed(0)
+    config = LtgGptConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          max_position_embeddings=128, embedding_dropout=0.0, attention_dropout=0.0,
+                          hidden_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    LtgGptForCausalLM(config).save_pretrained(folder)
+    save_tokenizer(tokenizer, folder, config)
+    return folder
+
+
+# Every TRL run: the same batch at every step (batch size = data size), a constant learning rate,
+# no evaluation, no saving. The code prints its findings as `RESULT <json>` lines (the Trainer
+# prints its logs on stdout too).
+_TRL_ARGS = ('output_dir=str(OUT), max_steps=6, per_device_train_batch_size=len(data), lr_scheduler_type="constant", '
+             'logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=0, trust_remote_code=True')
+_LOSSES = 'print("RESULT", json.dumps([entry["loss"] for entry in trainer.state.log_history if "loss" in entry]))'
+
+
+def results(out: str) -> list:
+    return [json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT ")]
+
+
+def assert_loss_decreases(losses: list[float]) -> list[float]:
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses), losses
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    return losses
+
+
+@pytest.mark.slow
+def test_sft_trainer_on_a_text_dataset_lowers_the_loss(tiny_instruct, tmp_path):
+    out = run_without_hf_ltg(f"""
+        import json, pathlib
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+        OUT = pathlib.Path(CKPT).parent / "sft"
+        data = Dataset.from_dict({{"text": ["The cat sat on the mat.", "A language model predicts the next token.",
+                                           "def add(a, b): return a + b"]}})
+        trainer = SFTTrainer(model=CKPT, args=SFTConfig({_TRL_ARGS}, learning_rate=3e-3, max_length=64),
+                             train_dataset=data)
+        trainer.train()
+        {_LOSSES}
+    """, tiny_instruct, tmp_path)
+    assert_loss_decreases(*results(out))
+
+
+def test_sft_trainer_on_messages_with_default_lora_trains_the_finetune_instruct_tokens(tiny_instruct, tokenizer,
+                                                                                       tmp_path):
+    out = run_without_hf_ltg(f"""
+        import json, pathlib
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+        OUT = pathlib.Path(CKPT).parent / "sft"
+        data = Dataset.from_dict({{"messages": {[conversation(record) for record in RECORDS]!r}}})
+        trainer = SFTTrainer(model=CKPT, args=SFTConfig({_TRL_ARGS}, learning_rate=1e-2, max_length=128,
+                                                        assistant_only_loss=True),
+                             train_dataset=data, peft_config=LoraConfig(task_type="CAUSAL_LM"))
+        rows = [dict(row) for row in trainer.train_dataset]
+        print("RESULT", json.dumps([[row["input_ids"], row["labels"]] for row in rows]))
+        print("RESULT", json.dumps(sorted({{name.split(".")[-4] for name, p in trainer.model.named_parameters()
+                                            if p.requires_grad}})))
+        trainer.train()
+        {_LOSSES}
+    """, tiny_instruct, tmp_path)
+    rows, adapted, losses = results(out)
+    expected = InstructionDataset(RECORDS, tokenizer, max_length=128, mask_prompt=True)
+    # Tokens and labels of `finetune-instruct --mask-prompt`: TRL trains the response and its eos.
+    assert rows == [[item["input_ids"], item["labels"]] for item in expected.rows]
+    assert adapted == ["qkv_proj"]  # peft's default LoRA targets, without hf_ltg
+    assert_loss_decreases(losses)
+
+
+@pytest.mark.slow
+def test_dpo_trainer_on_preference_pairs_lowers_the_loss(tiny_instruct, tmp_path):
+    out = run_without_hf_ltg(f"""
+        import json, pathlib
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+        OUT = pathlib.Path(CKPT).parent / "dpo"
+        data = Dataset.from_dict({{"prompt": ["The cat sat on the", "Two plus two is", "The capital of France is"],
+                                  "chosen": [" mat.", " four.", " Paris."],
+                                  "rejected": [" moon.", " seven.", " London."]}})
+        trainer = DPOTrainer(model=CKPT, args=DPOConfig({_TRL_ARGS}, learning_rate=3e-3, max_length=64),
+                             train_dataset=data)
+        trainer.train()
+        {_LOSSES}
+    """, tiny_instruct, tmp_path)
+    (losses,) = results(out)
+    assert_loss_decreases(losses)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as its own reference
