@@ -265,6 +265,32 @@ def test_sft_trainer_on_messages_with_default_lora_trains_the_finetune_instruct_
 
 
 @pytest.mark.slow
+def test_sft_trainer_on_messages_for_a_base_checkpoint_takes_the_template_as_a_file(tiny_instruct, tmp_path):
+    # Checkpoints without instruction tuning ship no chat template (they were trained on no format);
+    # TRL's chat_template_path takes the one finetune-instruct writes (its chat_template.jinja).
+    base = tmp_path / "base"
+    shutil.copytree(tiny_instruct, base)
+    (base / "chat_template.jinja").rename(tmp_path / "alpaca.jinja")
+    out = run_without_hf_ltg(f"""
+        import json, pathlib
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+        print("RESULT", json.dumps(AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True).chat_template))
+        OUT = pathlib.Path(CKPT).parent / "sft"
+        data = Dataset.from_dict({{"messages": {[conversation(record) for record in RECORDS]!r}}})
+        args = SFTConfig({_TRL_ARGS}, learning_rate=3e-3, max_length=128,
+                         chat_template_path={str(tmp_path / "alpaca.jinja")!r})
+        trainer = SFTTrainer(model=CKPT, args=args, train_dataset=data)
+        trainer.train()
+        {_LOSSES}
+    """, base, tmp_path)
+    template, losses = results(out)
+    assert template is None
+    assert_loss_decreases(losses)
+
+
+@pytest.mark.slow
 def test_dpo_trainer_on_preference_pairs_lowers_the_loss(tiny_instruct, tmp_path):
     out = run_without_hf_ltg(f"""
         import json, pathlib
