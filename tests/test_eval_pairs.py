@@ -61,7 +61,9 @@ def expected_accuracy(folder, mode, pairs=PAIRS):
 
 
 @pytest.mark.parametrize("folder, mode", [(BERT, "both"), (GPT, "causal")], ids=["ltg_bert-both", "ltg_gpt-causal"])
-def test_accuracy_per_group_and_overall_equals_scoring_each_sentence_alone(folder, mode, tmp_path, capsys):
+def test_accuracy_per_group_and_overall_equals_scoring_each_sentence_alone(folder, mode, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("HF_LTG_PROGRESS", "1")  # the bar, also off a terminal
     pairs_file = write_pairs(tmp_path / "pairs.jsonl")
 
     code = main(["eval-pairs", str(folder), str(pairs_file), "--mode", mode, "--batch-size", "3",

@@ -29,11 +29,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    import sys
-
-    from tqdm.auto import tqdm
-
     from ..minimal_pairs import MODES, SHIPPED_PAIRS, default_modes, evaluate, format_table, read_pairs
+    from ..progress import progress_bar
     from ._training import load_checkpoint_tokenizer
 
     output = _check_output(args.output)
@@ -45,8 +42,7 @@ def run(args) -> int:
     def progress(sentences: int) -> None:
         # Opened at the first scored batch, so that an error found before any scoring is alone on stderr.
         if not bars:
-            bars.append(tqdm(total=len(pairs) * 2 * len(modes), desc="scoring sentences", unit="sentence",
-                             file=sys.stderr))
+            bars.append(progress_bar(total=len(pairs) * 2 * len(modes), desc="scoring sentences", unit="sentence"))
         bars[0].update(sentences)
 
     try:
