@@ -67,6 +67,15 @@ def assert_one_complete_checkpoint(folder: Path, stdout: str) -> None:
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".index.json")) or "rank" in f or "fsdp" in f]
 
 
+def test_fsdp_in_a_single_process_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    code = main(["pretrain", "--fsdp", "--output", str(tmp_path / "ckpt"), "--work-dir", str(tmp_path / "work")])
+    assert code == 2
+    assert "--fsdp shards the model across processes, but this is a single process (WORLD_SIZE=1); launch it " \
+           "with `torchrun --nproc_per_node=N -m hf_ltg pretrain --fsdp ...`" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.fixture(scope="module")
 def text(tmp_path_factory) -> Path:
     from pydoc_data.topics import topics

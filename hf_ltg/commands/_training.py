@@ -63,6 +63,14 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def check_fsdp_launch(args) -> None:
+    """Refuse --fsdp in a single process (the Trainer would, but only once the tokenizer and model are made)."""
+    if getattr(args, "fsdp", False) and world_size() == 1:
+        raise ValueError(f"--fsdp shards the model across processes, but this is a single process (WORLD_SIZE=1); "
+                         f"launch it with `torchrun --nproc_per_node=N -m hf_ltg {args.command} --fsdp ...` (N >= 2) "
+                         f"or drop --fsdp.")
+
+
 def made_on_main_process(make):
     """`make()` on the main process only, its result (pickled) given to every process. For what all
     processes must agree on but would not make alike: WordPiece training breaks ties differently in
@@ -85,15 +93,12 @@ def trainer_arguments(args, **overrides):
     from ..training import training_arguments
 
     save_steps = args.save_steps or args.eval_steps
-    fsdp = getattr(args, "fsdp", False)
-    if fsdp and world_size() == 1:
-        raise ValueError("--fsdp shards the model across processes, but this is a single process (WORLD_SIZE=1); "
-                         "launch it with `torchrun --nproc_per_node=N -m hf_ltg ...` (N >= 2) or drop --fsdp.")
+    check_fsdp_launch(args)
     if args.bf16 or args.fp16:
         note_if_emulated(training_dtype(args), f"drop --{'bf16' if args.bf16 else 'fp16'}")
     return training_arguments(
         work_dir(args),
-        fsdp=fsdp,
+        fsdp=getattr(args, "fsdp", False),
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,

@@ -127,6 +127,7 @@ def run(args) -> int:
     from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
     from ..training import LtgTrainer, generate_text, sliding_window_perplexity, unigram_perplexity
 
+    _training.check_fsdp_launch(args)
     objective = check_objective(args)
     if args.arch == "ltg-bert" and objective == "masked":
         from ._pretrain_ltg_bert import run_masked_lm
