@@ -5,6 +5,12 @@ with every Hugging Face head. Each layer normalises its input; there is no final
 every head normalises what it reads. Positions enter only through one shared table of
 logarithmic relative-position buckets, projected by each layer's query/key projection.
 
+GPT-BERT (Charpentier & Samuel, 2024; ltgoslo/gpt-bert) is this model with four config fields:
+the attention output normalised before `out_proj` (`attention_output_norm`), a gate on the merged
+heads (`attention_gate`), a learned weighted sum of earlier residual states after each sub-layer
+(`layer_weighting`), and the masked-LM head reading the position before each token
+(`masked_next_token`). The same weights serve `LtgBertForMaskedLM` and `LtgBertForCausalLM`.
+
 This file is copied into every checkpoint: it imports only torch, transformers and its
 sibling configuration file.
 """
