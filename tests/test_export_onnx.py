@@ -108,6 +108,24 @@ def test_gpt_onnx_greedy_decoding_with_cache_matches_torch_generate(tmp_path, ti
     assert genai["inputs"]["past_key_names"] % 1 == past[2] and genai["num_hidden_layers"] == 2
 
 
+def test_onnx_runtime_genai_generates_torch_greedy_tokens_from_the_export(tmp_path, tiny_tokenizer):
+    og = pytest.importorskip("onnxruntime_genai")
+    model = save_random_gpt(tmp_path / "ckpt", tiny_tokenizer)
+    export_onnx(tmp_path / "ckpt", tmp_path / "onnx")
+    prompt = tiny_tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+
+    genai_model = og.Model(str(tmp_path / "onnx"))  # reads genai_config.json
+    params = og.GeneratorParams(genai_model)
+    params.set_search_options(do_sample=False, max_length=prompt.shape[1] + STEPS)
+    generator = og.Generator(genai_model, params)
+    generator.append_tokens(prompt.numpy().astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    got = np.array(generator.get_sequence(0), dtype=np.int64)[None, prompt.shape[1]:]
+
+    assert_same_tokens_up_to_eos(got, torch_greedy(model, prompt, torch.ones_like(prompt)), model.config.eos_token_id)
+
+
 def test_ltg_bert_causal_lm_onnx_greedy_decoding_with_cache_matches_torch_generate(tmp_path):
     from hf_ltg.ltg_bert import LtgBertForCausalLM
 
