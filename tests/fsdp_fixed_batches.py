@@ -42,15 +42,20 @@ def model(family: str):
         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
 
 
-def losses(family: str, folder: str) -> tuple[list[float], bool]:
-    """(the logged training losses, whether FSDP trained) of `STEPS` steps on `GLOBAL_BATCH` examples."""
+def losses(family: str, folder: str) -> tuple[list[float], int]:
+    """(the logged training losses, the number of blocks FSDP wrapped as units of their own) of `STEPS`
+    steps on `GLOBAL_BATCH` examples."""
+    from torch.distributed.fsdp import FSDPModule
+
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(folder, fsdp=processes > 1, per_device_train_batch_size=GLOBAL_BATCH // processes,
                               max_steps=STEPS, learning_rate=1e-2, logging_steps=1, eval_strategy="no",
                               save_strategy="no", seed=0, disable_tqdm=True)
     trainer = LtgTrainer(model=model(family), args=args, train_dataset=examples(family), plot=False)
     trainer.train()
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], trainer.is_fsdp_enabled
+    blocks = {f"FSDP{name}" for name in trainer.model._no_split_modules}  # FSDP2's name for a wrapped class
+    units = sum(isinstance(m, FSDPModule) and type(m).__name__ in blocks for m in trainer.model.modules())
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], units
 
 
 if __name__ == "__main__":

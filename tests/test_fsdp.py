@@ -187,7 +187,7 @@ def test_fsdp_trainer_gives_the_losses_of_one_process_for_both_families_on_fixed
     assert result.returncode == 0, result.stderr[-6000:]
     two_processes = json.loads(result.stdout.strip().splitlines()[-1])
     for family in fsdp_fixed_batches.FAMILIES:
-        one, one_used_fsdp = fsdp_fixed_batches.losses(family, str(tmp_path / "one"))
-        fsdp, used_fsdp = two_processes[family]
-        assert used_fsdp and not one_used_fsdp
+        one, one_process_units = fsdp_fixed_batches.losses(family, str(tmp_path / "one"))
+        fsdp, units = two_processes[family]
+        assert units == 2 and one_process_units == 0  # each block (`_no_split_modules`) is an FSDP unit
         assert len(one) == fsdp_fixed_batches.STEPS and fsdp == pytest.approx(one, abs=LOSS_TOLERANCE), family
