@@ -141,6 +141,44 @@ def test_ltg_bert_causal_lm_onnx_greedy_decoding_with_cache_matches_torch_genera
     assert_same_tokens_up_to_eos(got, want, model.config.eos_token_id)
 
 
+ISOLATED_ORT_GREEDY = """
+import json
+import numpy as np
+import onnxruntime as ort
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True)  # config.json names the config code
+tokenizer.padding_side = "left"
+batch = tokenizer(["The for statement", "A function"], return_tensors="np", padding=True)
+session = ort.InferenceSession(CKPT + "/model.onnx")
+past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+feeds = {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+feeds.update({i.name: np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32) for i in past})
+tokens = []
+for _ in range(6):
+    logits, *present = session.run(None, feeds)
+    next_ids = logits[:, -1].argmax(-1)
+    tokens.append(next_ids.tolist())
+    mask = np.concatenate([feeds["attention_mask"], np.ones((2, 1), np.int64)], axis=1)
+    feeds = {"input_ids": next_ids[:, None].astype(np.int64), "attention_mask": mask, **dict(zip([i.name for i in past], present))}
+print(json.dumps({"input_ids": batch["input_ids"].tolist(), "attention_mask": batch["attention_mask"].tolist(),
+                  "tokens": np.array(tokens).T.tolist()}))
+"""
+
+
+def test_shipped_gpt_checkpoint_exported_to_onnx_decodes_without_hf_ltg(tmp_path):
+    from helpers import REPO, run_without_hf_ltg
+    from transformers import AutoModelForCausalLM
+
+    assert main(["export", str(REPO / "checkpoints" / "ltg-gpt-lm"), "--onnx", str(tmp_path / "onnx")]) == 0
+
+    report = json.loads(run_without_hf_ltg(ISOLATED_ORT_GREEDY, tmp_path / "onnx", tmp_path).strip().splitlines()[-1])
+    model = AutoModelForCausalLM.from_pretrained(REPO / "checkpoints" / "ltg-gpt-lm").eval()
+    input_ids, attention_mask = torch.tensor(report["input_ids"]), torch.tensor(report["attention_mask"])
+    assert not attention_mask.all()  # one prompt is left-padded
+    want = torch_greedy(model, input_ids, attention_mask)
+    assert_same_tokens_up_to_eos(np.array(report["tokens"]), want, model.config.eos_token_id)
+
+
 def classifier_cases():
     from hf_ltg.ltg_bert import LtgBertForSequenceClassification, LtgBertForTokenClassification
 
