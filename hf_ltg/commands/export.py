@@ -32,7 +32,7 @@ def add_parser(subparsers):
                              "be exported as causal-lm)")
     parser.add_argument("--gguf", metavar="OUT.gguf",
                         help="write a llama.cpp GGUF file instead (GPT causal LMs: GPT-2 architecture, BPE tokenizer)")
-    parser.add_argument("--gguf-type", default="f16",
+    parser.add_argument("--gguf-type",
                         help="with --gguf: the weight type, f32, f16 (default, as llama.cpp's converter) or q8_0")
     parser.add_argument("--merge", action="store_true", help="merge a peft adapter SRC into its base model")
     parser.add_argument("--max-shard-size", default="2GB",
@@ -62,12 +62,14 @@ def run(args) -> int:
                            f"(got {' and '.join(formats) if formats else 'none'}).")
     if args.native and not args.out:
         raise CommandError("--native writes a stock GPT-2 Hub folder: give OUT, not --onnx/--gguf.")
+    if args.gguf_type and not args.gguf:
+        raise CommandError("--gguf-type sets the weight type of a GGUF file: use it with --gguf OUT.gguf.")
+    if args.task and not args.onnx:
+        raise CommandError("--task chooses the head of an ONNX export: use it with --onnx OUT_DIR.")
     if args.gguf:
         return _run_gguf(args)
     if args.onnx:
         return _run_onnx(args)
-    if args.task:
-        raise CommandError("--task chooses the head of an ONNX export: use it with --onnx OUT_DIR.")
     from ..hub import export_checkpoint, export_native
 
     check_output(args.out, args.overwrite, [args.src, args.training_dir])
@@ -99,7 +101,8 @@ def _run_onnx(args) -> int:
 def _run_gguf(args) -> int:
     from ..hub.export_gguf import check_gguf_output, export_gguf
 
-    check_gguf_output(args.gguf, args.overwrite, args.gguf_type)
-    out = export_gguf(args.src, args.gguf, weight_type=args.gguf_type, merge=args.merge, tokenizer=args.tokenizer)
-    print(f"wrote {Path(out).resolve()} ({Path(out).stat().st_size / 2**20:.1f} MiB, {args.gguf_type})")
+    weight_type = args.gguf_type or "f16"
+    check_gguf_output(args.gguf, args.overwrite, weight_type)
+    out = export_gguf(args.src, args.gguf, weight_type=weight_type, merge=args.merge, tokenizer=args.tokenizer)
+    print(f"wrote {Path(out).resolve()} ({Path(out).stat().st_size / 2**20:.1f} MiB, {weight_type})")
     return 0
