@@ -82,7 +82,7 @@ def test_chat_template_refuses_other_roles_naming_the_message(tokenizer):
                                       tokenize=False)
 
 
-def test_finetune_instruct_saves_the_chat_template(tmp_path):
+def test_finetune_instruct_saves_the_chat_template_and_export_keeps_it(tmp_path):
     from hf_ltg.cli import main
 
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS * 2))
@@ -91,10 +91,11 @@ def test_finetune_instruct_saves_the_chat_template(tmp_path):
                  "--validation-file", str(tmp_path / "valid.json"), "--max-length", "64", "--max-steps", "1",
                  "--output", str(tmp_path / "ins"), "--work-dir", str(tmp_path / "work")])
     assert code == 0
+    assert main(["export", str(tmp_path / "ins"), str(tmp_path / "hub")]) == 0
     out = run_without_hf_ltg("""
         from transformers import AutoTokenizer
         print(AutoTokenizer.from_pretrained(CKPT, trust_remote_code=True).chat_template)
-    """, tmp_path / "ins", tmp_path)
+    """, tmp_path / "hub", tmp_path)
     assert out.rstrip("\n") == ALPACA_CHAT_TEMPLATE
 
 

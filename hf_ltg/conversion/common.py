@@ -14,6 +14,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "vocab.txt",
     "added_tokens.json",
+    "chat_template.jinja",  # finetune-instruct's Alpaca template (transformers saves it apart)
 )
 
 
