@@ -179,7 +179,7 @@ def test_shipped_gpt_checkpoint_exported_to_onnx_decodes_without_hf_ltg(tmp_path
     assert_same_tokens_up_to_eos(np.array(report["tokens"]), want, model.config.eos_token_id)
 
 
-def classifier_cases():
+def logits_only_cases():
     from hf_ltg.ltg_bert import LtgBertForSequenceClassification, LtgBertForTokenClassification
 
     labels = dict(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
@@ -188,11 +188,12 @@ def classifier_cases():
         pytest.param("gpt", "token-classification", {}, id="gpt-token"),
         pytest.param("ltg_bert", LtgBertForSequenceClassification, labels, id="ltg-bert-sequence"),
         pytest.param("ltg_bert", LtgBertForTokenClassification, labels, id="ltg-bert-token"),
+        pytest.param("ltg_bert", None, {}, id="ltg-bert-masked-lm"),
     ]
 
 
-@pytest.mark.parametrize("family, head, config", classifier_cases())
-def test_classifier_onnx_logits_match_torch(tmp_path, tiny_tokenizer, family, head, config):
+@pytest.mark.parametrize("family, head, config", logits_only_cases())
+def test_classifier_and_masked_lm_onnx_logits_match_torch(tmp_path, tiny_tokenizer, family, head, config):
     if family == "gpt":
         model = save_random_gpt(tmp_path / "ckpt", tiny_tokenizer, head=head)
         padding_side = "left"
@@ -215,6 +216,7 @@ def test_classifier_onnx_logits_match_torch(tmp_path, tiny_tokenizer, family, he
     assert standard_ops_only(tmp_path / "onnx" / "model.onnx")
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_ltg_bert_traced_graph_holds_public_ops_only(tmp_path):
     model, _ = save_random_ltg_bert(tmp_path / "ckpt")
     input_ids = torch.randint(0, model.config.vocab_size, (2, 6))
