@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from gpt_utils import randomize_
+from helpers import REPO
 from hub_utils import save_tiny_gpt, save_tiny_ltg_bert
 
 from hf_ltg.checkpoint import save_checkpoint
@@ -214,3 +215,38 @@ def test_gguf_export_replaces_only_a_previous_gguf_file(tmp_path, tiny_tokenizer
     assert main(["export", str(tmp_path / "ckpt"), "--gguf", str(tmp_path / "m.gguf"), "--overwrite"]) == 0
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
+def test_llama_cpp_runs_the_exported_shipped_lm_with_torch_tokens_and_tokenization(tmp_path, weight_type):
+    # llama-cpp-python builds from source (about 40 minutes on 2 cores), so it is not in the dev extra:
+    # this test runs where it is installed, the gguf-reader tests above everywhere.
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = REPO / "checkpoints" / "ltg-gpt-lm"
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    path = tmp_path / f"lm-{weight_type}.gguf"
+    export_gguf(folder, path, weight_type=weight_type)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.max_position_embeddings, verbose=False,
+                          logits_all=True)
+
+    for text in ["The quick brown fox jumps over the lazy dog.", "def add(a, b): return a + b  # ünïcode ☃ 123"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text)["input_ids"]
+    prompt = tokenizer("The for statement", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=STEPS, do_sample=False,
+                                  pad_token_id=model.config.pad_token_id)[0, prompt.shape[1]:].tolist()
+        torch_logits = model(prompt).logits[0, -1].numpy()
+    generated = []
+    for token in llm.generate(prompt[0].tolist(), temp=0.0, top_k=1, reset=True):
+        generated.append(token)
+        if len(generated) == len(expected) or token == model.config.eos_token_id:
+            break
+    llm.reset()
+    llm.eval(prompt[0].tolist())
+    llama_logits = np.array(llm.scores[prompt.shape[1] - 1])
+    assert generated == expected[:len(generated)]
+    assert np.abs(llama_logits - torch_logits).max() < {"f32": 1e-3, "q8_0": 5e-2}[weight_type]
+    del llm
