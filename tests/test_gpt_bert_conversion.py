@@ -603,3 +603,19 @@ def test_safetensors_state_dict_converts_too(tmp_path):
     assert (got[:, 1:] - run_original(original, ids, keep, causal=False)[:, :-1]).abs().max() < TOLERANCE
     assert not (out / "tokenizer.json").exists()
     assert "No tokenizer was given" in (out / "README.md").read_text()
+
+
+def test_peft_ln_tuning_defaults_adapt_the_norms_that_have_parameters_in_gpt_bert_layout():
+    from peft import LNTuningConfig, get_peft_model
+
+    from hf_ltg.ltg_bert import LtgBertConfig, LtgBertForCausalLM
+
+    config = LtgBertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, attention_output_norm="before_out_proj")
+    model = get_peft_model(LtgBertForCausalLM(config), LNTuningConfig(task_type="CAUSAL_LM"))
+    ids = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("relative_layer_norm" in name for name in trained)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -169,10 +169,13 @@ class LtgBertAttention(nn.Module):
         self.in_proj_v = nn.Linear(config.hidden_size, (2 if self.gated else 1) * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         # LTG-BERT normalises after out_proj with an affine norm, GPT-BERT before it without parameters.
+        # The parameter-free norm has a name of its own, so that peft's LN-tuning defaults
+        # (`attention.post_layer_norm`) only ever meet norms with parameters.
         self.norm_before_out_proj = config.attention_output_norm == "before_out_proj"
-        self.post_layer_norm = nn.LayerNorm(
-            config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=not self.norm_before_out_proj
-        )
+        if self.norm_before_out_proj:
+            self.pre_out_proj_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, elementwise_affine=False)
+        else:
+            self.post_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         # One dropout for the relative table, the probabilities and the output, as in the original.
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
@@ -201,7 +204,7 @@ class LtgBertAttention(nn.Module):
         if self.gated:
             output = output * F.gelu(gate)
         if self.norm_before_out_proj:
-            output = self.out_proj(self.post_layer_norm(output))
+            output = self.out_proj(self.pre_out_proj_norm(output))
         else:
             output = self.post_layer_norm(self.out_proj(output))
         return self.dropout(output), probs

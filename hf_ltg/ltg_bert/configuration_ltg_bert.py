@@ -46,8 +46,8 @@ PRESETS = {
 # `register_peft_target_modules`). LoRA, and every method whose defaults peft copies from LoRA's,
 # adapts the fused query/key projection and the value projection, as peft does for BERT (`query`,
 # `value`); the other methods get peft's BERT (or, where it has none, GPT-2) choices under this
-# model's module names. LN tuning takes the LayerNorms that have parameters (with GPT-BERT's
-# attention_output_norm="before_out_proj" only `relative_layer_norm` has: pass it as target_modules).
+# model's module names. LN tuning takes the LayerNorms that have parameters (GPT-BERT's
+# parameter-free attention norm is `attention.pre_out_proj_norm`, which it does not match).
 # Poly leaves out `in_proj_qk`, which also projects the 2-D relative-position table (Poly's layers
 # take 3-D input).
 LORA_TARGET_MODULES = ["in_proj_qk", "in_proj_v"]
