@@ -51,6 +51,9 @@ def training_arguments(output_dir: str | os.PathLike, fsdp: bool = False, **over
         # accelerate treats any backend as a request for a process group, so only under torchrun.
         ddp_backend=("nccl" if cuda else "gloo") if distributed else None,
         ddp_find_unused_parameters=False,
+        # The Trainer copies this into model.config, which every saved checkpoint then carries; the
+        # models build no cache while training anyway, and a released checkpoint should cache at inference.
+        use_cache=True,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         logging_strategy="steps",

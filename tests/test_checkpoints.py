@@ -84,3 +84,13 @@ def test_ltg_bert_masked_lm_predicts_masked_tokens_better_than_uniform():
     with torch.no_grad():
         loss = model(masked, labels=labels).loss.item()
     assert loss < math.log(model.config.vocab_size) - 0.5, (loss, math.log(model.config.vocab_size))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_checkpoint_caches_at_inference_although_the_trainer_trained_it(name):
+    # transformers 5's Trainer copies TrainingArguments.use_cache (False by default) into model.config,
+    # which every saved checkpoint carries; hf_ltg's training arguments keep it True.
+    import json
+
+    config = json.loads((CHECKPOINTS / name / "config.json").read_text())
+    assert config["use_cache"] is True

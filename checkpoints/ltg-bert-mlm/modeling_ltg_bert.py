@@ -421,7 +421,7 @@ class LtgBertModel(LtgBertPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        use_cache = is_causal and (use_cache if use_cache is not None else self.config.use_cache)
+        use_cache = is_causal and (use_cache if use_cache is not None else self.config.use_cache and not self.training)
         past_key_values = resolve_cache(past_key_values, cache)
         if getattr(past_key_values, "is_compileable", False):  # StaticCache and kin: keys padded to a fixed length
             raise ValueError(
