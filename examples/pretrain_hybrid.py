@@ -12,7 +12,6 @@ The command-line version is `hf-ltg pretrain --family ltg_bert --objective hybri
 
 import argparse
 import math
-
 import pydoc_data.topics
 
 import torch
@@ -22,7 +21,12 @@ from hf_ltg.checkpoint import save_checkpoint
 from hf_ltg.commands._pretrain_ltg_bert import special_token_ids
 from hf_ltg.data.hybrid import HybridCollator, HybridDataset
 from hf_ltg.hybrid_training import (
-    HybridTrainer, HybridTrainingModel, MaskingScheduleCallback, evaluate_hybrid, export_model, unigram_baselines,
+    HybridTrainer,
+    HybridTrainingModel,
+    MaskingScheduleCallback,
+    evaluate_hybrid,
+    export_model,
+    unigram_baselines,
 )
 from hf_ltg.ltg_bert import LtgBertConfig
 from hf_ltg.tokenization import train_tokenizer

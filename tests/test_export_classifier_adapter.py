@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from hub_utils import sample_ids, save_tiny_gpt
 from peft import get_peft_model
 from transformers import pipeline
 
 from hf_ltg import LtgGptForSequenceClassification
 from hf_ltg.adapters import lora_config, save_adapter_or_merged
 from hf_ltg.cli import main
-from hub_utils import sample_ids, save_tiny_gpt
 
 LABELS = {0: "loop", 1: "error", 2: "module"}
 
@@ -22,7 +22,7 @@ def classification_adapter(lm_dir, tokenizer, labels=LABELS, **config):
     peft_model = get_peft_model(model, lora_config(model))
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
+        for parameter in peft_model.parameters():
             if parameter.requires_grad:
                 parameter.normal_(0, 0.2)
     return peft_model.eval()

@@ -4,10 +4,10 @@ import os
 import stat
 
 import pytest
+from hub_utils import save_tiny_gpt
 
 from hf_ltg.checkpoint import atomic_directory, check_output_folder
 from hf_ltg.cli import main
-from hub_utils import save_tiny_gpt
 
 
 def run_cli(*argv):

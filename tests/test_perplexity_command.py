@@ -1,7 +1,8 @@
 """`hf-ltg perplexity` says what it computes."""
 
-from hf_ltg.cli import main
 from hub_utils import save_tiny_gpt, save_tiny_ltg_bert
+
+from hf_ltg.cli import main
 
 TEXT = "The cat sat on the mat. A language model predicts tokens. Norway has fjords. " * 3
 

@@ -8,7 +8,13 @@ from transformers import EvalPrediction
 from hf_ltg import LtgGptConfig, LtgGptForSequenceClassification
 from hf_ltg.data.core import PaddingCollator, TensorDictDataset
 from hf_ltg.tokenization import train_tokenizer
-from hf_ltg.training import LtgTrainer, classification_metrics, multi_label_metrics, regression_metrics, training_arguments
+from hf_ltg.training import (
+    LtgTrainer,
+    classification_metrics,
+    multi_label_metrics,
+    regression_metrics,
+    training_arguments,
+)
 
 TEXT = ["The for statement is used to iterate.", "An exception is raised when an error occurs."] * 4
 

@@ -21,11 +21,19 @@ def run_hybrid(args, objective: str) -> int:
 
     from ..checkpoint import save_checkpoint
     from ..data.hybrid import (
-        DEFAULT_CAUSAL_RATIO, DEFAULT_MASK_RATE_END, DEFAULT_MASK_RATE_START, DEFAULT_MAX_SPAN_LENGTH,
-        HybridCollator, HybridDataset,
+        DEFAULT_CAUSAL_RATIO,
+        DEFAULT_MASK_RATE_END,
+        DEFAULT_MASK_RATE_START,
+        DEFAULT_MAX_SPAN_LENGTH,
+        HybridCollator,
+        HybridDataset,
     )
     from ..hybrid_training import (
-        HybridTrainer, HybridTrainingModel, MaskingScheduleCallback, evaluate_hybrid, export_model,
+        HybridTrainer,
+        HybridTrainingModel,
+        MaskingScheduleCallback,
+        evaluate_hybrid,
+        export_model,
     )
     from ..ltg_bert import LtgBertConfig
     from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
