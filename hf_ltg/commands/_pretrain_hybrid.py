@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import _training
-from ._pretrain_ltg_bert import DEFAULT_OUTPUT, GPT_DEFAULT_OUTPUT, special_token_ids
+from ._pretrain_ltg_bert import DEFAULT_OUTPUT, GPT_DEFAULT_OUTPUT, new_tokenizer_and_config
 
 
 def run_hybrid(args, objective: str) -> int:
@@ -35,8 +35,7 @@ def run_hybrid(args, objective: str) -> int:
         evaluate_hybrid,
         export_model,
     )
-    from ..ltg_bert import LtgBertConfig
-    from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
+    from ..tokenization import check_tokenizer_fits, load_tokenizer
     from ..training import TimeLimitCallback
     from .pretrain import documents
 
@@ -61,17 +60,7 @@ def run_hybrid(args, objective: str) -> int:
         tokenizer = load_tokenizer(args.tokenizer or args.init_from)
         model = HybridTrainingModel.from_pretrained(args.init_from)
     else:
-        if args.tokenizer:
-            tokenizer = load_tokenizer(args.tokenizer)
-        else:
-            tokenizer = train_tokenizer(iterator=train_docs, vocab_size=args.vocab_size, kind="wordpiece",
-                                        model_max_length=args.max_length)
-        config = LtgBertConfig(
-            vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-            num_attention_heads=args.num_heads, intermediate_size=8 * round(args.hidden_size / 3),
-            hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout,
-            **special_token_ids(tokenizer),
-        )
+        tokenizer, config = new_tokenizer_and_config(args, train_docs)
         model = HybridTrainingModel(config)
     check_tokenizer_fits(tokenizer, model.config)
 
@@ -101,9 +90,7 @@ def run_hybrid(args, objective: str) -> int:
     _training.train(trainer, args)
     _training.report_losses(trainer)
 
-    # trained_model(): the full weights where the Trainer shards them (FSDP); every process calls it.
-    trained = getattr(trainer, "trained_model", None)
-    model = trained() if trained is not None else trainer.accelerator.unwrap_model(trainer.model)
+    model = trainer.trained_model()  # the full weights where the Trainer shards them (FSDP); every process calls it
     if trainer.is_world_process_zero():
         print(summary(evaluate_hybrid(model, valid_set, tokenizer, args.batch_size, seed=args.seed),
                       train_set.token_ids, tokenizer), flush=True)

@@ -22,8 +22,8 @@ def run_masked_lm(args) -> int:
     from transformers import AutoModelForMaskedLM, pipeline, set_seed
 
     from ..data.masked import MaskedLanguageModelingDataset, MaskingCollator
-    from ..ltg_bert import LtgBertConfig, LtgBertForMaskedLM
-    from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
+    from ..ltg_bert import LtgBertForMaskedLM
+    from ..tokenization import check_tokenizer_fits, load_tokenizer
     from ..training import LtgTrainer, unigram_perplexity
     from .pretrain import documents
 
@@ -38,17 +38,7 @@ def run_masked_lm(args) -> int:
         tokenizer = load_tokenizer(args.tokenizer or args.init_from)
         model = AutoModelForMaskedLM.from_pretrained(args.init_from)
     else:
-        if args.tokenizer:
-            tokenizer = load_tokenizer(args.tokenizer)
-        else:
-            tokenizer = _training.made_on_main_process(lambda: train_tokenizer(
-                iterator=train_docs, vocab_size=args.vocab_size, kind="wordpiece", model_max_length=args.max_length))
-        config = LtgBertConfig(
-            vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-            num_attention_heads=args.num_heads, intermediate_size=8 * round(args.hidden_size / 3),  # 2048 at 768
-            hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout,
-            **special_token_ids(tokenizer),
-        )
+        tokenizer, config = new_tokenizer_and_config(args, train_docs)
         model = LtgBertForMaskedLM(config)
     check_tokenizer_fits(tokenizer, model.config)
 
@@ -91,6 +81,26 @@ def run_masked_lm(args) -> int:
     if trainer.is_world_process_zero():
         print(f"curves: {_training.work_dir(args) / 'training_curves.png'}; total time {time.time() - started:.0f} s")
     return 0
+
+
+def new_tokenizer_and_config(args, train_docs):
+    """(tokenizer, LtgBertConfig) for a model trained from scratch: --tokenizer, or WordPiece trained on
+    the main process and shared with the others, and a config sized by the command's options."""
+    from ..ltg_bert import LtgBertConfig
+    from ..tokenization import load_tokenizer, train_tokenizer
+
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    else:
+        tokenizer = _training.made_on_main_process(lambda: train_tokenizer(
+            iterator=train_docs, vocab_size=args.vocab_size, kind="wordpiece", model_max_length=args.max_length))
+    config = LtgBertConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads, intermediate_size=8 * round(args.hidden_size / 3),  # 2048 at 768
+        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout,
+        **special_token_ids(tokenizer),
+    )
+    return tokenizer, config
 
 
 def special_token_ids(tokenizer) -> dict:
