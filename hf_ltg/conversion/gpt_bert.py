@@ -37,8 +37,8 @@ import torch
 
 from ..checkpoint import atomic_directory, load_state_dict
 from ..ltg_bert import LtgBertConfig, LtgBertForMaskedLM
-from ..ltg_bert.modeling_ltg_bert import relative_position_buckets
 from .common import read_json_config, require_keys
+from .ltg_bert import check_position_buffers
 
 CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "position_bucket_size", "layer_norm_eps")
@@ -94,7 +94,7 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
 
     mapping = _key_mapping(config, extra)
     _check_keys(tensors, mapping, config, src, named)
-    _check_position_buffers(tensors, config, src, named)
+    check_position_buffers(tensors, config, src, POSITION_BUFFER, named)
     if TIED_DECODER in tensors and not torch.equal(tensors[TIED_DECODER], tensors[WORD_EMBEDDING]):
         raise ValueError(f"Tensor {named(TIED_DECODER)!r} in {src} differs from {named(WORD_EMBEDDING)!r}, but "
                          f"GPT-BERT ties them; this is not a GPT-BERT state dict.")
@@ -198,30 +198,6 @@ def _check_keys(tensors, mapping, config, src, named) -> None:
             f"{src} holds the tensor {named(unknown[0])!r} that the config ({config.num_hidden_layers} layers) has no "
             f"place for; set num_hidden_layers to the number the model was trained with."
         )
-
-
-def _check_position_buffers(tensors, config: LtgBertConfig, src, named) -> None:
-    """The stored bucket tables must be the ones the config computes (a wrong max_position_embeddings
-    or position_bucket_size would otherwise convert silently)."""
-    expected = {}
-    for name, table in tensors.items():
-        if not POSITION_BUFFER.match(name):
-            continue
-        size = table.shape[0]
-        if table.dim() != 2 or table.shape[1] != size:
-            raise ValueError(f"Tensor {named(name)!r} in {src} has shape {tuple(table.shape)}; expected a square "
-                             f"table.")
-        if size not in expected:
-            positions = torch.arange(size)
-            expected[size] = relative_position_buckets(
-                positions, positions, config.position_bucket_size, config.max_position_embeddings
-            )
-        if not torch.equal(table.long(), expected[size]):
-            raise ValueError(
-                f"Tensor {named(name)!r} in {src} is not the relative-position table of max_position_embeddings="
-                f"{config.max_position_embeddings}, position_bucket_size={config.position_bucket_size}; "
-                f"set those config keys to the values the model was trained with."
-            )
 
 
 def _tokenizer_path(src: Path, tokenizer) -> Path | None:

@@ -67,7 +67,7 @@ def convert_ltg_bert(src, out, config_path, layout: str = "babylm") -> Path:
             f"{src} is not an original LTG-BERT state dict: it has no 'embedding.word_embedding.weight' "
             f"(found e.g. {sorted(tensors)[:5]})."
         )
-    _check_position_buffers(tensors, config, src)
+    check_position_buffers(tensors, config, src)
     _check_tied_decoder(tensors, src)
 
     mapped, source, consumed = {}, {}, set()
@@ -107,23 +107,26 @@ def convert_ltg_bert(src, out, config_path, layout: str = "babylm") -> Path:
     return Path(out)
 
 
-def _check_position_buffers(tensors, config: LtgBertConfig, src) -> None:
-    expected_tables = {}
+def check_position_buffers(tensors, config: LtgBertConfig, src, pattern=POSITION_BUFFER, named=str) -> None:
+    """The stored bucket tables (names matching `pattern`) must be the ones the config computes (a wrong
+    max_position_embeddings or position_bucket_size would otherwise convert silently); `named` gives the
+    name to show for a tensor. Shared by the LTG-BERT and GPT-BERT converters."""
+    expected = {}
     for name, table in tensors.items():
-        match = POSITION_BUFFER.match(name)
-        if not match:
+        if not pattern.match(name):
             continue
         size = table.shape[0]
         if table.dim() != 2 or table.shape[1] != size:
-            raise ValueError(f"Tensor {name!r} has shape {tuple(table.shape)}; expected a square bucket table.")
-        if size not in expected_tables:
+            raise ValueError(f"Tensor {named(name)!r} in {src} has shape {tuple(table.shape)}; expected a square "
+                             f"bucket table.")
+        if size not in expected:
             positions = torch.arange(size)
-            expected_tables[size] = relative_position_buckets(
+            expected[size] = relative_position_buckets(
                 positions, positions, config.position_bucket_size, config.max_position_embeddings
             )
-        if not torch.equal(table.long(), expected_tables[size]):
+        if not torch.equal(table.long(), expected[size]):
             raise ValueError(
-                f"Tensor {name!r} in {src} is not the relative-position table of max_position_embeddings="
+                f"Tensor {named(name)!r} in {src} is not the relative-position table of max_position_embeddings="
                 f"{config.max_position_embeddings}, position_bucket_size={config.position_bucket_size}; "
                 f"set those two config keys to the values the model was trained with."
             )
