@@ -39,42 +39,31 @@ def plan(args):
 
 
 class Report:
-    def __init__(self):
+    def __init__(self, fmt):
         self.rows = []
+        self.fmt = fmt  # bench_gpt.fmt
 
     def add(self, what, ours=None, hf=None, unit="", hf_name="", eff_ours="", eff_hf="", target="", note=""):
         ratio = ours / hf if isinstance(ours, float) and isinstance(hf, float) and hf else None
         row = dict(measurement=what, ours=ours, transformers=hf, transformers_variant=hf_name, unit=unit,
                    ratio=ratio, eff_ours=eff_ours, eff_transformers=eff_hf, target=target, note=note)
         self.rows.append(row)
-        print(f"  {what}: ours {_fmt(ours)} | transformers {hf_name} {_fmt(hf)} {unit} | ratio {_fmt(ratio, 2)} "
+        fmt = self.fmt
+        print(f"  {what}: ours {fmt(ours)} | transformers {hf_name} {fmt(hf)} {unit} | ratio {fmt(ratio, 2)} "
               f"| {eff_ours} {target} {note}", flush=True)
         return row
 
     def markdown(self):
         lines = ["| measurement | ours | transformers | unit | ours / transformers | eff ours | eff transformers "
                  "| target | note |", "|---|---|---|---|---|---|---|---|---|"]
+        fmt = self.fmt
         for r in self.rows:
-            hf = f"{_fmt(r['transformers'])} ({r['transformers_variant']})" if r["transformers_variant"] else _fmt(
+            hf = f"{fmt(r['transformers'])} ({r['transformers_variant']})" if r["transformers_variant"] else fmt(
                 r["transformers"])
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
-            lines.append(f"| {r['measurement']} | {_fmt(r['ours'])} | {hf} | {r['unit']} | {ratio} | "
+            lines.append(f"| {r['measurement']} | {fmt(r['ours'])} | {hf} | {r['unit']} | {ratio} | "
                          f"{r['eff_ours']} | {r['eff_transformers']} | {r['target']} | {r['note']} |")
         return "\n".join(lines)
-
-
-def _fmt(value, digits=None):
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if digits is None:
-        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
-    return f"{value:,.{digits}f}"
-
-
-def _pct(x):
-    return f"{100 * x:.0f}%"
 
 
 def cuda_main(args, bench):
@@ -94,7 +83,7 @@ def cuda_main(args, bench):
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True  # what a GPU user runs (training is bf16 autocast anyway)
     started = time.perf_counter()
-    report = Report()
+    report = Report(bench.fmt)
     machine = dict(gpu=torch.cuda.get_device_name(device), torch=torch.__version__, cuda=torch.version.cuda,
                    transformers=transformers.__version__, python=platform.python_version(),
                    date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
@@ -166,7 +155,7 @@ def _train(args, bench, device, folder, size, ceilings, report, compiled):
     hf = max((n for n in names if n != "ours"), key=tok_s.get)
 
     def mfu(value):
-        return _pct(value * flops / 1e9 / ceilings["bf16"])
+        return bench.pct(value * flops / 1e9 / ceilings["bf16"])
 
     target = ""
     if compiled and size == "gpt2-small" and args.seq >= 1024:
@@ -222,8 +211,8 @@ def _generate(args, bench, device, folder, size, ceilings, report, static):
         tok_s.setdefault("hf-sdpa", None)
         bound = batch * ceilings["copy"] * 1e9 / nbytes  # tokens/s if every step only read the weights once
 
-        eff_ours = _pct(tok_s["ours"] / bound) if batch == 1 else ""
-        eff_hf = _pct(tok_s["hf-sdpa"] / bound) if batch == 1 and tok_s["hf-sdpa"] else ""
+        eff_ours = bench.pct(tok_s["ours"] / bound) if batch == 1 else ""
+        eff_hf = bench.pct(tok_s["hf-sdpa"] / bound) if batch == 1 and tok_s["hf-sdpa"] else ""
         target = ""
         if batch == 1 and static and tok_s["hf-sdpa"]:
             met = tok_s["ours"] / tok_s["hf-sdpa"] >= 1.5 and tok_s["ours"] / bound >= 0.5
