@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .progress import progress_enabled
+
 ENDOFTEXT = "<|endoftext|>"
 WORDPIECE_SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 KINDS = ("bpe", "wordpiece")
@@ -64,7 +66,7 @@ def train_tokenizer(
             min_frequency=min_frequency,
             special_tokens=special_tokens,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=_show_progress(),
+            show_progress=progress_enabled(),
         )
     else:
         special_tokens = list(special_tokens or WORDPIECE_SPECIAL_TOKENS)
@@ -78,7 +80,7 @@ def train_tokenizer(
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens, show_progress=_show_progress()
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens, show_progress=progress_enabled()
         )
 
     tokenizer.train_from_iterator(texts, trainer)
@@ -89,13 +91,6 @@ def train_tokenizer(
             special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
     return _wrap(tokenizer, kind, special_tokens, model_max_length)
-
-
-def _show_progress() -> bool:
-    """The tokenizers trainer's progress bar, on a terminal only (not in logs or captured output)."""
-    from .progress import progress_enabled
-
-    return progress_enabled()
 
 
 def _training_texts(files, iterator) -> Iterator[str]:
