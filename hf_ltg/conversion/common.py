@@ -78,3 +78,28 @@ def require_keys(config: dict, keys: tuple[str, ...], where) -> None:
     missing = [k for k in keys if k not in config]
     if missing:
         raise ValueError(f"{where} lacks the key(s) {missing}; expected {list(keys)}.")
+
+
+# The keys of a foreign LTG config that mean what `LtgBertConfig`'s keys of the same name mean; a
+# converted config is built from these alone (plus what the converter decides), never copied whole,
+# so that a release's `auto_map`, `architectures` and training-only fields do not survive.
+LTG_BERT_READ_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings", "position_bucket_size", "layer_norm_eps", "hidden_dropout_prob",
+                      "attention_probs_dropout_prob", "classifier_dropout")
+# Keys that say nothing about the weights (transformers' bookkeeping): dropped without a word.
+BOOKKEEPING_KEYS = ("architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
+                    "_name_or_path", "return_dict", "output_hidden_states", "output_attentions", "use_return_dict")
+
+
+def ltg_bert_config(original: dict, **fields):
+    """An `LtgBertConfig` written from scratch: the keys of `original` that it reads (`LTG_BERT_READ_KEYS`)
+    and `fields` (layout flags, token ids). Returns the config and the keys of `original` it dropped,
+    apart from transformers' bookkeeping, so that the caller can report them."""
+    from ..ltg_bert import LtgBertConfig
+
+    read = {key: original[key] for key in LTG_BERT_READ_KEYS if key in original}
+    dropped = sorted(key for key in original
+                     if key not in LTG_BERT_READ_KEYS and key not in BOOKKEEPING_KEYS and key not in fields)
+    config = LtgBertConfig(**{**read, **fields})
+    config.architectures = ["LtgBertForMaskedLM"]
+    return config, dropped

@@ -37,7 +37,7 @@ import torch
 
 from ..checkpoint import atomic_directory, load_state_dict
 from ..ltg_bert import LtgBertConfig, LtgBertForMaskedLM
-from .common import read_json_config, require_keys
+from .common import ltg_bert_config, read_json_config, require_keys
 from .ltg_bert import check_position_buffers
 
 CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -62,10 +62,32 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
     `tokenizer.json` (or a folder holding one); by default the one beside SRC, if any."""
     src = Path(src)
     original = read_json_config(config_path)
+    tokenizer_path = _tokenizer_path(src, tokenizer)
+    hf_tokenizer = _read_tokenizer(tokenizer_path) if tokenizer_path else None
+    token_ids = _special_token_ids(hf_tokenizer) if hf_tokenizer is not None else {}
+    model, extra, _ = gpt_bert_model(load_state_dict(src), original, token_ids, src, f"GPT-BERT config {config_path}")
+
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        if hf_tokenizer is not None:
+            from ..tokenization import save_tokenizer
+
+            save_tokenizer(hf_tokenizer, tmp, model.config)
+        (tmp / "README.md").write_text(model_card(model.config, Path(out).name, extra, hf_tokenizer is not None))
+    return Path(out)
+
+
+def gpt_bert_model(tensors: dict, original: dict, token_ids: dict, src, config_name="GPT-BERT config",
+                   **fields) -> tuple[LtgBertForMaskedLM, bool, list[str]]:
+    """`LtgBertForMaskedLM` holding a GPT-BERT state dict (pretraining code, its Hugging Face wrapper or
+    the BabyLM release: `transformer.attention_layers`, ...), its config read from `original` (the keys
+    `LtgBertConfig` shares) plus `token_ids` and `fields`. Returns the model, whether it is the
+    `model_extra.py` variant (gate and layer weighting), and the keys of `original` left unread."""
+    original = dict(original)
     if "num_hidden_layers" not in original and "num_layers" in original:  # the Hugging Face wrapper's name
-        original["num_hidden_layers"] = original["num_layers"]
-    require_keys(original, CONFIG_KEYS, f"GPT-BERT config {config_path}")
-    tensors, wrapper = _pretraining_names(load_state_dict(src))
+        original["num_hidden_layers"] = original.pop("num_layers")
+    require_keys(original, CONFIG_KEYS, config_name)
+    tensors, wrapper = _pretraining_names(tensors)
 
     def named(name):  # a tensor as the user's file names it
         return _wrapper_name(name) if wrapper else name
@@ -76,21 +98,15 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
             f"{sorted(tensors)[:3]}."
         )
     extra = any(".in_proj_vg." in k or k.startswith("transformer.dwa_modules.") for k in tensors)
-
-    tokenizer_path = _tokenizer_path(src, tokenizer)
-    hf_tokenizer = _read_tokenizer(tokenizer_path) if tokenizer_path else None
-    token_ids = _special_token_ids(hf_tokenizer) if hf_tokenizer is not None else {}
-    known = set(LtgBertConfig().to_dict())  # GPT-BERT's config keys are LTG-BERT's; others (its training's) go
-    config = LtgBertConfig(**{
-        **{k: v for k, v in original.items() if k in known},
+    config, dropped = ltg_bert_config(original, **{
         **token_ids,
         "position_layout": "babylm",  # halves first, then heads; dropout after the classifier's second norm
         "attention_output_norm": "before_out_proj",
         "attention_gate": extra,
         "layer_weighting": extra,
         "masked_next_token": True,
+        **fields,
     })
-    config.architectures = ["LtgBertForMaskedLM"]
 
     mapping = _key_mapping(config, extra)
     _check_keys(tensors, mapping, config, src, named)
@@ -112,16 +128,7 @@ def convert_gpt_bert(src, out, config_path, tokenizer=None) -> Path:
     model.load_state_dict({ours: tensors[theirs].to(expected[ours].dtype) for ours, theirs in mapping.items()},
                           strict=False)
     model.tie_weights()
-    model.eval()
-
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        if hf_tokenizer is not None:
-            from ..tokenization import save_tokenizer
-
-            save_tokenizer(hf_tokenizer, tmp, model.config)
-        (tmp / "README.md").write_text(model_card(config, Path(out).name, extra, hf_tokenizer is not None))
-    return Path(out)
+    return model.eval(), extra, dropped
 
 
 # The Hugging Face wrapper's prefixes -> the pretraining code's (Bert.embedding / .transformer / .classifier).

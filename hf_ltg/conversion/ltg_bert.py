@@ -22,7 +22,7 @@ from ..checkpoint import atomic_directory, load_state_dict
 from ..ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 from ..ltg_bert.configuration_ltg_bert import POSITION_LAYOUTS
 from ..ltg_bert.modeling_ltg_bert import relative_position_buckets
-from .common import copy_tokenizer_files, load_into, read_json_config, require_keys
+from .common import copy_tokenizer_files, load_into, ltg_bert_config, read_json_config, require_keys
 
 CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 SPECIAL_TOKENS = {"unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]"}
@@ -59,9 +59,23 @@ def convert_ltg_bert(src, out, config_path, layout: str = "babylm") -> Path:
         token_ids = {f"{role}_token_id": tokenizer.convert_tokens_to_ids(token)
                      for role, token in SPECIAL_TOKENS.items() if token in tokenizer.get_vocab()}
         token_ids.update(bos_token_id=token_ids.get("cls_token_id"), eos_token_id=token_ids.get("sep_token_id"))
-    config = LtgBertConfig(**{**original, **token_ids, "position_layout": layout})
+    config, _ = ltg_bert_config(original, **token_ids, position_layout=layout)
+    model = ltg_bert_model(load_state_dict(src), config, src)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            from ..tokenization import save_tokenizer
 
-    tensors = {name.removeprefix("module."): tensor for name, tensor in load_state_dict(src).items()}
+            save_tokenizer(tokenizer, tmp, model.config)
+        else:
+            copy_tokenizer_files(tokenizer_folder, tmp)
+    return Path(out)
+
+
+def ltg_bert_model(tensors: dict, config: LtgBertConfig, src) -> LtgBertForMaskedLM:
+    """`LtgBertForMaskedLM` holding an original LTG-BERT state dict (training code or a Hugging Face
+    release: the same names), every tensor checked against `config`; `src` names the file in errors."""
+    tensors = {name.removeprefix("module."): tensor for name, tensor in tensors.items()}
     if "embedding.word_embedding.weight" not in tensors:
         raise ValueError(
             f"{src} is not an original LTG-BERT state dict: it has no 'embedding.word_embedding.weight' "
@@ -95,16 +109,7 @@ def convert_ltg_bert(src, out, config_path, layout: str = "babylm") -> Path:
             f"{src} holds tensors the config does not account for, e.g. {leftover[:5]}; "
             f"the config says num_hidden_layers={config.num_hidden_layers}."
         )
-    model = load_into(LtgBertForMaskedLM(config), mapped, source)
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            from ..tokenization import save_tokenizer
-
-            save_tokenizer(tokenizer, tmp, model.config)
-        else:
-            copy_tokenizer_files(tokenizer_folder, tmp)
-    return Path(out)
+    return load_into(LtgBertForMaskedLM(config), mapped, source).eval()
 
 
 def check_position_buffers(tensors, config: LtgBertConfig, src, pattern=POSITION_BUFFER, named=str) -> None:

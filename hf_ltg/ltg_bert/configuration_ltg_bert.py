@@ -97,6 +97,11 @@ class LtgBertConfig(PretrainedConfig):
             nothing before it: its logits are zeros, so label it -100 (it holds `[CLS]`). The
             causal-LM head is the same with or without the flag (hidden state i predicts token
             i + 1; the loss shifts the labels).
+        masked_lm_suppressed_token_ids: token ids whose masked-LM logits are set to -inf, so that
+            fill-mask never answers them. LTG's Hub releases (NorBERT3, the BabyLM LTG-BERT) do this
+            for their special and unused ids; `hf-ltg convert` reads the range from the release's
+            modeling file. Empty (the default) leaves the logits as the head computes them; the
+            causal-LM and task heads never apply it.
         layer_norm_eps: epsilon of every LayerNorm.
         hidden_dropout_prob: dropout of the embeddings and of every residual branch.
         attention_probs_dropout_prob: dropout of the attention probabilities and of the
@@ -126,6 +131,7 @@ class LtgBertConfig(PretrainedConfig):
         attention_gate: bool = False,
         layer_weighting: bool = False,
         masked_next_token: bool = False,
+        masked_lm_suppressed_token_ids: list[int] | tuple[int, ...] = (),
         layer_norm_eps: float = 1e-7,
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
@@ -153,6 +159,7 @@ class LtgBertConfig(PretrainedConfig):
         self.attention_gate = attention_gate
         self.layer_weighting = layer_weighting
         self.masked_next_token = masked_next_token
+        self.masked_lm_suppressed_token_ids = list(masked_lm_suppressed_token_ids or ())
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
@@ -222,6 +229,13 @@ class LtgBertConfig(PretrainedConfig):
                     f"LtgBertConfig.{name} = {value} is outside the vocabulary [0, {self.vocab_size}); "
                     f"set it to a valid id or None."
                 )
+
+        ids = self.masked_lm_suppressed_token_ids
+        if not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+            raise ValueError(
+                f"LtgBertConfig.masked_lm_suppressed_token_ids must list token ids in [0, {self.vocab_size}), got "
+                f"{ids!r}; list the ids fill-mask must never answer, or leave it empty."
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LtgBertConfig":

@@ -567,6 +567,9 @@ class LtgBertForMaskedLM(LtgBertPreTrainedModel):
             logits = F.pad(self.lm_head(outputs.last_hidden_state[:, :-1]), (0, 0, 1, 0))
         else:
             logits = self.lm_head(outputs.last_hidden_state)
+        suppressed = getattr(self.config, "masked_lm_suppressed_token_ids", None)
+        if suppressed:  # LTG's releases never predict their special and unused ids
+            logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
