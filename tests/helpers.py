@@ -10,11 +10,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs first in the isolated process: any `import hf_ltg` (direct, or through a modeling file
-# that wrongly imports it) raises ModuleNotFoundError, whatever is installed.
+# that wrongly imports it) raises ModuleNotFoundError, whatever is installed. Only the checkout itself
+# leaves sys.path (compared whole: a venv inside it stays).
 _BLOCK_HF_LTG = """
-import sys
+import os, sys
 sys.modules["hf_ltg"] = None
-sys.path[:] = [p for p in sys.path if p not in ("", ".") and not p.startswith({repo!r})]
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != {repo!r}]
 """
 
 

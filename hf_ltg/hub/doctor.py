@@ -415,11 +415,18 @@ def _run_isolated(report: DoctorReport, folder: Path, remote: bool, classes: lis
             report.add(check["name"], check["status"] == "PASS", check["detail"], status=check["status"])
 
 
-def _paths_to_strip() -> list[str]:
-    """Where the hf_ltg source lives (unless that is site-packages, which the clean process needs)."""
-    root = str(Path(__file__).resolve().parents[2])
-    site = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
-    return [] if root in site else [root]
+def _paths_to_strip(package_dir: Path | None = None, site_dirs: list[str] | None = None) -> list[str]:
+    """The source tree's import root: the folder that holds the hf_ltg package, resolved.
+
+    The clean process drops the sys.path entry that is this folder (compared whole, see
+    isolated_checks.kept_paths), so that nothing else of the checkout (scripts, tests) imports
+    there. None when the package is installed in a site-packages folder, which the clean
+    process needs.
+    """
+    root = (package_dir or Path(__file__).resolve().parents[1]).resolve().parent
+    if site_dirs is None:
+        site_dirs = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    return [] if root in {Path(p).resolve() for p in site_dirs} else [str(root)]
 
 
 def _human_size(size: int) -> str:

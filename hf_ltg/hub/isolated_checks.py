@@ -2,7 +2,7 @@
 
 `hf_ltg.hub.doctor` runs this file's source with `python -c` in a fresh process, in an empty
 working folder, with its own transformers module cache. It must therefore import nothing from
-hf_ltg (it is never imported as part of the package). It loads the folder through every
+hf_ltg (tests import `kept_paths` from it; the block on hf_ltg is set only when it runs). It loads the folder through every
 Auto class the folder declares, runs a tiny forward of each and the matching pipeline, and
 checks that the tokenizer agrees with the config.
 
@@ -11,20 +11,27 @@ REQUEST_JSON: {"remote": bool, "classes": [auto class names] | null, "modules": 
 "strip_paths": [paths]}. RESULT_JSON receives a list of {"name", "status", "detail"}.
 """
 
+import importlib.util
+import json
+import os
+import site
 import sys
-
-# hf_ltg must be unimportable, whatever is installed: a modeling file that imports it fails
-# here as it would on a user's machine.
-sys.modules["hf_ltg"] = None
+import traceback
 
 
-def _strip_paths(paths):
-    sys.path[:] = [p for p in sys.path if p not in ("", ".") and not any(p.startswith(s) for s in paths)]
+def kept_paths(entries, roots, site_dirs=None):
+    """`entries` (sys.path) without the source tree's import roots `roots` and the working folder.
 
-
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import traceback  # noqa: E402
+    An entry goes only if it resolves to one of the roots itself: paths are compared whole (so
+    component by component), never by prefix, so a virtual environment inside the checkout
+    (ROOT/.venv/lib/python3.X/site-packages) or beside it with a longer name (ROOT-venv) stays.
+    A site-packages folder always stays: the clean process needs torch and transformers.
+    """
+    if site_dirs is None:
+        site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    keep = {os.path.realpath(p) for p in site_dirs}
+    strip = {os.path.realpath(r) for r in roots} - keep
+    return [p for p in entries if p not in ("", ".") and os.path.realpath(p) not in strip]
 
 SAMPLE = "The cat sat on the mat."
 
@@ -228,7 +235,7 @@ def native_classes(config):
 
 
 def main(folder, request, result_path):
-    _strip_paths(request.get("strip_paths", []))
+    sys.path[:] = kept_paths(sys.path, request.get("strip_paths", []))
     report = Report()
     try:
         check_modules(report, request.get("modules", {}))
@@ -262,9 +269,10 @@ def main(folder, request, result_path):
 
 
 if __name__ == "__main__":
+    # hf_ltg must be unimportable, whatever is installed: a modeling file that imports it fails
+    # here as it would on a user's machine.
+    sys.modules["hf_ltg"] = None
     _folder, _request, _result = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    import os
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     _report = main(_folder, _request, _result)
     with open(_result, "w") as handle:
