@@ -22,6 +22,9 @@ KINDS = ("bpe", "wordpiece")
 # The tokenizer class written into tokenizer_config.json: transformers 4.x has it, 5.x maps it to
 # TokenizersBackend. Both load tokenizer.json with it, without remote code.
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+# What the tokenizers return: neither family has token types, and transformers 4.x's default
+# (with `token_type_ids`) would hand generate() an argument that GPT-2 takes but the models ignore.
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 # Loading arguments that transformers 5 records in the saved config; they describe one load, not the tokenizer.
 _LOAD_ONLY_KEYS = ("is_local", "local_files_only")
 
@@ -185,8 +188,10 @@ def save_tokenizer(tokenizer, folder: str | os.PathLike, config=None) -> None:
     """`tokenizer.save_pretrained(folder)`, loadable by `AutoTokenizer` on transformers 4.57 and 5.x.
 
     With a model `config`, a tokenizer without bos/eos tokens gets the config's (e.g. [CLS]/[SEP]
-    for LTG-BERT), so that generate and pipelines see the same ids as the model.
+    for LTG-BERT), so that generate and pipelines see the same ids as the model. The saved config
+    names `MODEL_INPUT_NAMES`, so that no release's tokenizer returns `token_type_ids`.
     """
+    tokenizer.model_input_names = list(MODEL_INPUT_NAMES)
     if config is not None:
         for kind in ("bos", "eos"):
             token_id = getattr(config, f"{kind}_token_id", None)
@@ -194,6 +199,11 @@ def save_tokenizer(tokenizer, folder: str | os.PathLike, config=None) -> None:
                 setattr(tokenizer, f"{kind}_token", tokenizer.convert_ids_to_tokens(token_id))
     tokenizer.save_pretrained(folder)
     make_tokenizer_config_portable(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("model_input_names") != MODEL_INPUT_NAMES:
+        config["model_input_names"] = list(MODEL_INPUT_NAMES)
+        path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def make_tokenizer_config_portable(folder: str | os.PathLike) -> bool:

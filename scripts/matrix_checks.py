@@ -186,6 +186,19 @@ def check_generate(name, model, tokenizer, checks, tensors, check="greedy: cache
     return cached
 
 
+def check_user_generate(model, tokenizer, checks, check="generate(**tokenizer(text))"):
+    """generate() on everything the tokenizer returns, as the README and model cards write it."""
+    try:
+        with torch.no_grad():
+            out = model.generate(**tokenizer(PROMPTS[0], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+        if out.shape[0] != 1:
+            raise ValueError(f"output shape {tuple(out.shape)}")
+    except Exception as exc:  # noqa: BLE001
+        checks.record(check, False, error(exc))
+        return
+    checks.record(check, True)
+
+
 def check_pipelines(folder, family, tokenizer, checks):
     for task in PIPELINES.get(family, ()):
         text = f"The cat {tokenizer.mask_token} on the mat." if task == "fill-mask" else PROMPTS[0]
@@ -233,6 +246,7 @@ def check_folder(folder, reference, tensors, tokenizer_output):
     models = check_heads(folder, name, config, tokenizer, checks, tensors)
     if "AutoModelForCausalLM" in models:
         check_generate(name, models["AutoModelForCausalLM"], tokenizer, checks, tensors)
+        check_user_generate(models["AutoModelForCausalLM"], tokenizer, checks)
     check_pipelines(folder, config.model_type, tokenizer, checks)
     check_bf16(name, config, models, tokenizer, checks)
     fp32 = checks.results.get("fp32 logits = reference")

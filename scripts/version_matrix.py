@@ -1,6 +1,6 @@
 """Run the shipped checkpoints' code on every transformers release it supports, without hf_ltg.
 
-    python scripts/version_matrix.py                       # 4.57.6, 5.0.0, 5.23.0, 5.24.0
+    python scripts/version_matrix.py                       # 4.57.6, 5.0.0, 5.23.0, 5.24.0, 5.25.0
     python scripts/version_matrix.py --versions 5.0.0      # a subset
     python scripts/version_matrix.py --markdown            # the table as Markdown (for the README)
 
@@ -11,7 +11,9 @@ over its own, so that the check covers the code that the next regeneration ships
 environment `scripts/matrix_checks.py` runs from an empty folder with PYTHONPATH cleared (hf_ltg
 cannot be imported); it loads every Auto class of the folder's auto_map, compares fp32 logits with
 those of this interpreter (the reference, <= 1e-5), checks greedy generation with the cache against
-generation without it (and a left-padded prompt against the same prompt alone), runs the README's
+generation without it (and a left-padded prompt against the same prompt alone), calls
+`model.generate(**tokenizer(text, return_tensors="pt"))` as a user does (whatever the tokenizer
+returns, `token_type_ids` included), runs the README's
 pipelines for the family and a bf16 forward + generate. Prints a table (release x check); exits 1
 when any check fails. Standard library only.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKS_SCRIPT = Path(__file__).resolve().with_name("matrix_checks.py")
-VERSIONS = ("4.57.6", "5.0.0", "5.23.0", "5.24.0")
+VERSIONS = ("4.57.6", "5.0.0", "5.23.0", "5.24.0", "5.25.0")
 TORCH = "2.13.0"
 FAMILY_CODE = {"ltg_gpt": REPO / "hf_ltg" / "gpt", "ltg_bert": REPO / "hf_ltg" / "ltg_bert"}
 COLUMNS = (
@@ -37,6 +39,7 @@ COLUMNS = (
     "fp32 logits = reference",
     "greedy: cache = no cache, padded = alone",
     "greedy = reference",
+    "generate(**tokenizer(text))",
     "pipelines",
     "bf16 forward + generate",
     "tokenizer (silent)",

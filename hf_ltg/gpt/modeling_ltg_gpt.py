@@ -11,6 +11,7 @@ The three files are copied into every checkpoint next to `configuration_ltg_gpt.
 only torch, transformers and each other, never hf_ltg.
 """
 
+import importlib
 import inspect
 import math
 import types
@@ -60,6 +61,18 @@ MASK_TAKES_CACHE_POSITION = "cache_position" in inspect.signature(create_causal_
 # output fields, generate). This file runs on both sides of the rename: forwards take either
 # name and outputs use the field the installed version declares.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _gathered_column_style() -> str:
+    """transformers' tensor-parallel style for a column-split linear whose output is gathered on every
+    rank (what a tied LM head needs): `colwise_gather_output`, which older releases call `colwise_rep`."""
+    for name in ("transformers.distributed.tensor_parallel", "transformers.integrations.tensor_parallel"):
+        try:
+            styles = importlib.import_module(name).ALL_PARALLEL_STYLES
+            return "colwise_gather_output" if "colwise_gather_output" in styles else "colwise_rep"
+        except (ImportError, AttributeError, TypeError):
+            continue
+    return "colwise_rep"
 
 
 def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
@@ -273,8 +286,11 @@ class LtgGptModel(LtgGptPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
+        """`token_type_ids` (B, T) add `wte(token_type_ids)` to the embeddings, as in GPT-2, when
+        `config.token_type_embeddings` is set; otherwise they are accepted and ignored."""
         past_key_values = resolve_cache(past_key_values, cache)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -314,7 +330,11 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
 
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, D)
+        hidden_states = inputs_embeds + self.wpe(position_ids)  # (B, T, D)
+        if token_type_ids is not None and self.config.token_type_embeddings:
+            self._check_token_ids(token_type_ids, "token_type_ids")
+            hidden_states = hidden_states + self.wte(token_type_ids.view(-1, length))
+        hidden_states = self.drop(hidden_states)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
         if MASK_TAKES_CACHE_POSITION:
             cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
@@ -352,7 +372,7 @@ class LtgGptModel(LtgGptPreTrainedModel):
             **{CACHE_FIELD: returned_cache},
         )
 
-    def _check_token_ids(self, input_ids):
+    def _check_token_ids(self, input_ids, name="input_ids"):
         # An out-of-range id would otherwise be an opaque IndexError (or a device assert on GPU).
         if torch.compiler.is_compiling() or input_ids.numel() == 0:
             return
@@ -360,7 +380,7 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(
-                f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
+                f"{name} contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
                 "check that the tokenizer matches the model (len(tokenizer) <= config.vocab_size)."
             )
 
@@ -391,6 +411,10 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    # The head shares the embedding's weight but is a linear of its own: under the config's
+    # base_model_tp_plan (tp_plan="auto") it needs its own entry, as Llama's head has,
+    # or F.linear would meet a replicated input and a sharded weight.
+    _tp_plan = {"lm_head": _gathered_column_style()}
 
     def __init__(self, config: LtgGptConfig):
         super().__init__(config)
@@ -429,6 +453,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         """`labels` are the input ids themselves (-100 to ignore); the loss shifts them."""
@@ -439,6 +464,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             cache=cache,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -515,6 +541,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -524,6 +551,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
             position_ids=position_ids,
             past_key_values=past_key_values,
             cache=cache,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -604,6 +632,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -611,6 +640,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             output_attentions=output_attentions,
