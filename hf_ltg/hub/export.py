@@ -124,10 +124,12 @@ def _load_model(source: Source, merge: bool, id2label=None):
     if source.adapter is None:
         config = AutoConfig.from_pretrained(source.model_dir)
         model_class = _model_class(config)
-        return model_class.from_pretrained(source.model_dir)
+        return load_trained(model_class, source.model_dir)
+    _require_mergeable(source)
     if not merge:
         _require_merge(source)
     from peft import PeftModel
+    from peft.utils import ModulesToSaveWrapper
 
     base_dir = source.base_dir
     config_dir = source.model_dir if (source.model_dir / "config.json").is_file() else base_dir
@@ -139,10 +141,65 @@ def _load_model(source: Source, merge: bool, id2label=None):
         raise ValueError(f"--id2label names the classes of a classifier, but {source.model_dir} is a "
                          f"{source.adapter.get('task_type')} adapter; drop --id2label.")
     model_class = _model_class(config, auto_name)
-    base = model_class.from_pretrained(base_dir, config=config)
-    merged = PeftModel.from_pretrained(base, source.model_dir).merge_and_unload()
+    # A classifier's head is new on the base model; the adapter brings it (modules_to_save), so
+    # transformers' "newly initialized" report would be wrong here: judged below instead.
+    base, missing = _from_pretrained_quietly(model_class, base_dir, config=config)
+    peft_model = PeftModel.from_pretrained(base, source.model_dir)
+    prefix = "base_model.model."
+    from_adapter = [name.removeprefix(prefix) + "." for name, module in peft_model.named_modules()
+                    if isinstance(module, ModulesToSaveWrapper)]
+    uncovered = [key for key in missing if not key.startswith(tuple(from_adapter))]
+    if uncovered:
+        raise ValueError(
+            f"Neither the base model {base_dir} nor the adapter {source.model_dir} holds {_some(uncovered)}: the "
+            f"merged {model_class.__name__} would have a randomly initialised head. Train the adapter with its head "
+            "saved (hf-ltg finetune-cls --adapter lora saves it, modules_to_save) and merge that one."
+        )
+    merged = peft_model.merge_and_unload()
     merged.config.name_or_path = str(base_dir)
     return merged
+
+
+def _from_pretrained_quietly(model_class, folder, **kwargs):
+    """`model_class.from_pretrained(folder)` and the weights it had to initialise (sorted names),
+    without transformers' load report: the caller says what the missing weights mean."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    finally:
+        logging.set_verbosity(level)
+    return model, sorted(info.get("missing_keys") or ())
+
+
+# How to get trained weights for a head a checkpoint lacks, by the head class's suffix.
+HEAD_TRAINING_HINTS = {
+    "ForSequenceClassification": "train a classifier first (hf-ltg finetune-cls --model {folder} ...) and export "
+                                 "its output folder",
+    "ForTokenClassification": "fine-tune a token classifier first (AutoModelForTokenClassification with the "
+                              "Trainer) and export that checkpoint",
+}
+
+
+def load_trained(model_class, folder, **kwargs):
+    """`model_class.from_pretrained(folder, **kwargs)`, refused when the checkpoint lacks weights
+    the model needs (a head it was not trained with): an export would write random weights."""
+    model, missing = _from_pretrained_quietly(model_class, folder, **kwargs)
+    if missing:
+        suffix = next((s for s in HEAD_TRAINING_HINTS if model_class.__name__.endswith(s)), None)
+        hint = (HEAD_TRAINING_HINTS[suffix].format(folder=folder) if suffix else
+                "export the head the checkpoint was saved with (leave out --task), or a checkpoint trained for this one")
+        raise ValueError(
+            f"{folder} holds no weights for {_some(missing)} of {model_class.__name__}: the export would write "
+            f"them randomly initialised, and its outputs would mean nothing; {hint}."
+        )
+    return model
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _set_head_labels(config, adapter_dir: Path, id2label=None) -> None:
@@ -184,7 +241,22 @@ def _head_outputs(adapter_dir: Path, hidden_size: int) -> int | None:
     return outputs.pop() if len(outputs) == 1 else None
 
 
+def _require_mergeable(source: Source) -> None:
+    """Prompt learning (prompt tuning, p-tuning, prefix tuning) adds virtual tokens, not weight changes."""
+    from peft import PeftConfig
+
+    config = PeftConfig.from_pretrained(source.model_dir)
+    if config.is_prompt_learning or config.peft_type == "ADAPTION_PROMPT":
+        raise ValueError(
+            f"{source.model_dir} is a {config.peft_type} adapter: its virtual tokens are extra inputs, not weight "
+            "changes, so it cannot be merged into a full checkpoint. Publish or load the adapter folder as it is "
+            "(peft's PeftModel.from_pretrained(base_model, ADAPTER)), or train a LoRA adapter (--adapter lora) to "
+            "export merged weights."
+        )
+
+
 def _require_merge(source: Source):
+    _require_mergeable(source)
     raise ValueError(
         f"{source.model_dir} is a peft adapter (on {source.adapter.get('base_model_name_or_path')!r}); the Hub folder "
         "must hold full weights: pass --merge to merge the adapter into its base model."

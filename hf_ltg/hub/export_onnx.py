@@ -112,7 +112,7 @@ def load_for_export(model_dir, task: str | None):
     from transformers import AutoConfig
 
     from .. import registration
-    from .export import _model_class
+    from .export import _model_class, load_trained
 
     if task is not None and task not in ONNX_TASKS:
         raise ValueError(f"Unknown ONNX task {task!r}; choose one of {', '.join(ONNX_TASKS)}.")
@@ -130,7 +130,7 @@ def load_for_export(model_dir, task: str | None):
         raise ValueError(f"The {config.model_type} family has no {task} head; choose one of "
                          f"{', '.join(t for t, a in ONNX_TASKS.items() if _has_head(config, a))}.") from None
     # eager attention: the plainest graph; masks and positions are computed inside the model
-    return model_class.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    return load_trained(model_class, model_dir, dtype=torch.float32, attn_implementation="eager").eval()
 
 
 def _has_head(config, auto_name: str) -> bool:
