@@ -108,7 +108,9 @@ def summary(results: dict, train_ids, tokenizer) -> str:
     lines = []
     masked = results["masked"]
     baseline = unigram_baselines(train_ids, masked["histogram"], len(tokenizer), exclude=tokenizer.all_special_ids)
-    verdict = "better" if masked["accuracy"] > baseline["accuracy"] else "NOT better: train longer"
+    worse = [name for name, is_worse in (("accuracy", masked["accuracy"] <= baseline["accuracy"]),
+                                         ("loss", masked["loss"] >= baseline["loss"])) if is_worse]
+    verdict = "better in accuracy and loss" if not worse else f"NOT better in {' and '.join(worse)}: train longer"
     lines.append(f"validation masked accuracy {masked['accuracy']:.3f} (loss {masked['loss']:.3f}) over "
                  f"{masked['tokens']:,} masked tokens; unigram baseline accuracy {baseline['accuracy']:.3f} "
                  f"(loss {baseline['loss']:.3f}); {verdict}")

@@ -1,7 +1,7 @@
 """`hf-ltg pretrain --arch ltg-bert`: a WordPiece tokenizer and an LTG-BERT masked language model.
 
 The same data options as the GPT main job (default: pydoc_data.topics). Windows are
-`[CLS] ... [SEP]` of --max-length tokens (--stride does not apply); each batch gets
+`[CLS] ... [SEP]` of --max-length tokens (no overlap: --stride is refused); each batch gets
 --mlm-probability of its tokens chosen, whole words or subwords (--masking), 80/10/10
 [MASK]/random/kept. At the end the validation masked-token loss and accuracy are measured
 under one fixed masking and compared with a unigram model, and a fill-mask sample is shown.

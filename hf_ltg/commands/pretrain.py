@@ -36,16 +36,19 @@ def add_parser(subparsers):
                         help="hybrid: share of tokens masked at the end of training (default: 0.15)")
     parser.add_argument("--max-span-length", type=int, metavar="N",
                         help="hybrid: masked spans are 1..N tokens long (default: 3)")
-    parser.add_argument("--masking", choices=("whole-word", "subword"), default="whole-word",
-                        help="ltg-bert: mask whole words or single subwords (default: %(default)s)")
-    parser.add_argument("--mlm-probability", type=float, default=0.15,
-                        help="ltg-bert: share of tokens to predict, 80/10/10 [MASK]/random/kept (default: %(default)s)")
+    parser.add_argument("--masking", choices=("whole-word", "subword"),
+                        help="ltg-bert, masked objective: mask whole words or single subwords (default: whole-word)")
+    parser.add_argument("--mlm-probability", type=float,
+                        help="ltg-bert, masked objective: share of tokens to predict, 80/10/10 [MASK]/random/kept "
+                             "(default: 0.15)")
     data = parser.add_argument_group("data")
     data.add_argument("--train-files", nargs="+", help="UTF-8 text files, one document each (default: pydoc topics)")
     data.add_argument("--validation-files", nargs="+",
                       help="validation text files (default: the last --validation-fraction of each document)")
     data.add_argument("--validation-fraction", type=float, default=0.1)
-    data.add_argument("--stride", type=int, help="window step of the training windows (default: --max-length)")
+    data.add_argument("--stride", type=int,
+                      help="gpt: window step of the training windows (default: --max-length; LTG-BERT's windows "
+                           "do not overlap)")
     model = parser.add_argument_group("model and tokenizer")
     model.add_argument("--init-from", metavar="CHECKPOINT",
                        help="continue pretraining this checkpoint folder (weights and tokenizer) instead of starting anew")
@@ -73,6 +76,11 @@ def _ratio(text: str) -> float:
 
 
 HYBRID_OPTIONS = ("causal_ratio", "mask_rate_start", "mask_rate_end", "max_span_length")
+MASKED_OPTIONS = {"masking": "whole-word", "mlm_probability": 0.15}  # option -> default under --objective masked
+# What masks instead, by objective, for the message that refuses a masked-objective option.
+MASKING_OF = {"hybrid": "the hybrid objective masks spans at --mask-rate-start -> --mask-rate-end "
+                        "(spans of 1..--max-span-length tokens)",
+              "causal": "the causal objective masks nothing"}
 
 
 def check_objective(args) -> str:
@@ -91,6 +99,15 @@ def check_objective(args) -> str:
         option = "--" + given[0].replace("_", "-")
         raise ValueError(f"{option} applies to --objective hybrid only (this run: {objective}); drop it or add "
                          "--family ltg_bert --objective hybrid.")
+    for name, default in MASKED_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default if objective == "masked" else None)
+        elif objective != "masked":
+            raise ValueError(f"--{name.replace('_', '-')} applies to --family ltg_bert --objective masked only; "
+                             f"{MASKING_OF[objective]}: drop it.")
+    if args.stride is not None and args.arch != "gpt":
+        raise ValueError(f"--stride {args.stride} applies to GPT's training windows only; LTG-BERT's {objective} "
+                         "windows do not overlap (each starts with [CLS] where the previous one ended): drop it.")
     return objective
 
 
