@@ -1,14 +1,20 @@
-"""Int8 inference: quantize a loaded model or a checkpoint folder, and measure what it costs.
+"""Quantized inference: quantize a loaded model or a checkpoint folder, and measure what it costs.
 
-Schemes (per-output-channel weights, per-row activations, int8 x int8 -> int32 products):
+Int8-product schemes (per-output-channel weights, per-row activations, int8 x int8 -> int32 products):
   absmax     symmetric:  scale = max|w| / 127, q = clamp(round(w / scale), -127, 127)
   zeropoint  asymmetric: scale = (max - min) / 255, zero_point = round(-128 - min / scale),
              q = clamp(round(w / scale) + zero_point, -128, 127)
   llm-int8   absmax, but activation columns with a value |x| >= threshold (default 6.0) are
              multiplied in floating point with the dequantized weight columns (LLM.int8()).
+Weight-only schemes (activations stay in floating point; decoding reads fewer weight bytes per token):
+  int8-weight-only  absmax per output channel, scale rounded to a bfloat16 value
+  int4-weight-only  round-to-nearest between min and max per group of 32 inputs:
+                    scale = (max - min) / 15, q = clamp(round((w - min) / scale), 0, 15)
+                    (llama.cpp's Q4_1 block; `hf-ltg export --gguf-type q4_1` writes it unchanged)
 
 The int8 module and the replacement logic live in the model's sibling file `int8_ltg_gpt.py`
-(`LtgGptInt8Linear`, `quantize_linear_layers_`), which travels with every checkpoint, so that
+(`LtgGptInt8Linear`, `quantize_linear_layers_`) and its sibling `weight_only_ltg_gpt.py`
+(`LtgGptInt8WeightOnlyLinear`, `LtgGptInt4Linear`), which travel with every checkpoint, so that
 quantized checkpoints load without hf_ltg; this module holds
 the user-facing entry points and their error checks.
 """
@@ -28,8 +34,16 @@ from .gpt.int8_ltg_gpt import (
     quantize_linear_layers_,
     quantize_zeropoint,
 )
+from .gpt.weight_only_ltg_gpt import (
+    INT4_GROUP_SIZE,
+    WEIGHT_ONLY_LAYERS,
+    LtgGptInt4Linear,
+    LtgGptInt8WeightOnlyLinear,
+    quantize_int8_weight_only,
+)
 
 SCHEMES = QUANTIZATION_SCHEMES
+QUANTIZED_LAYERS = (LtgGptInt8Linear, *WEIGHT_ONLY_LAYERS.values())
 DEFAULT_THRESHOLD = 6.0
 # Output heads stay in floating point unless include_lm_head=True: the LM head is the largest and
 # most error-sensitive matrix (it is also tied to the token embedding); classifier heads are tiny.
@@ -40,7 +54,9 @@ SUPPORTED_MODEL_TYPES = ("ltg_gpt",)
 __all__ = [
     "DEFAULT_THRESHOLD",
     "SCHEMES",
+    "LtgGptInt4Linear",
     "LtgGptInt8Linear",
+    "LtgGptInt8WeightOnlyLinear",
     "checkpoint_size",
     "dequantize_weight",
     "is_quantized",
@@ -61,10 +77,17 @@ def check_scheme(scheme: str, threshold: float = DEFAULT_THRESHOLD) -> None:
 
 
 def quantize_weight(weight: torch.Tensor, scheme: str = "absmax"):
-    """(q int8, scale float32 [rows], zero_point int8 [rows] or None) of a [out, in] matrix."""
+    """(q int8, scale float32 [rows], zero_point int8 [rows] or None) of a [out, in] matrix, for the
+    int8 schemes (4-bit groups: `weight_only_ltg_gpt.quantize_int4_groupwise`)."""
     check_scheme(scheme)
+    if scheme == "int4-weight-only":
+        raise ValueError("quantize_weight returns int8 rows; 4-bit weights come in groups: use "
+                         "hf_ltg.gpt.weight_only_ltg_gpt.quantize_int4_groupwise.")
     if scheme == "zeropoint":
         return quantize_zeropoint(weight)
+    if scheme == "int8-weight-only":
+        q, scale = quantize_int8_weight_only(weight)
+        return q, scale, None
     q, scale = quantize_absmax(weight)
     return q, scale, None
 
@@ -78,7 +101,7 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
 
 def is_quantized(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "quantization", None)) or any(
-        isinstance(m, LtgGptInt8Linear) for m in model.modules()
+        isinstance(m, QUANTIZED_LAYERS) for m in model.modules()
     )
 
 
@@ -87,7 +110,7 @@ def quantize_model(model, scheme: str = "absmax", threshold: float = DEFAULT_THR
     """Quantize every `nn.Linear` of an hf_ltg model in place (the output head only if
     `include_lm_head`), record it in `model.config.quantization`, and return the model.
 
-    `save_pretrained` then writes int8 weights + scales that `from_pretrained` loads as int8.
+    `save_pretrained` then writes the quantized weights + scales, which `from_pretrained` loads quantized.
     """
     check_scheme(scheme, threshold)
     if is_quantized(model):
@@ -99,7 +122,7 @@ def quantize_model(model, scheme: str = "absmax", threshold: float = DEFAULT_THR
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"Int8 quantization supports the model types {SUPPORTED_MODEL_TYPES} (hf_ltg's GPT family), got "
+            f"Quantization supports the model types {SUPPORTED_MODEL_TYPES} (hf_ltg's GPT family), got "
             f"{type(model).__name__} (model_type {model_type!r}); LTG-BERT checkpoints are not supported yet."
         )
     prefix = "" if hasattr(model, model.base_model_prefix) else f"{model.base_model_prefix}."
@@ -110,13 +133,20 @@ def quantize_model(model, scheme: str = "absmax", threshold: float = DEFAULT_THR
     ]
     if not modules:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize.")
+    if scheme == "int4-weight-only":
+        odd = [name for name, module in model.named_modules()
+               if f"{prefix}{name}" in modules and module.in_features % INT4_GROUP_SIZE]
+        if odd:
+            raise ValueError(f"int4-weight-only groups {INT4_GROUP_SIZE} inputs, but {', '.join(odd)} "
+                             f"{'has' if len(odd) == 1 else 'have'} an input size that is not a multiple of "
+                             f"{INT4_GROUP_SIZE}; use int8-weight-only for this model.")
     quantization = {"scheme": scheme, "threshold": float(threshold), "include_lm_head": bool(include_lm_head),
                     "modules": modules}
     replaced = quantize_linear_layers_(model, quantization)
     assert sorted(replaced) == sorted(modules), (replaced, modules)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(output, LtgGptInt8Linear) and getattr(model.config, "tie_word_embeddings", False):
-        # The int8 head is no longer the token embedding: untie, or loading would tie it back.
+    if isinstance(output, QUANTIZED_LAYERS) and getattr(model.config, "tie_word_embeddings", False):
+        # The quantized head is no longer the token embedding: untie, or loading would tie it back.
         model.config.tie_word_embeddings = False
         model.all_tied_weights_keys = {}
     model.config.quantization = quantization
@@ -136,7 +166,7 @@ def _load_float_model(src):
         )
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"{src} holds a {config.model_type!r} model; int8 quantization supports {SUPPORTED_MODEL_TYPES} "
+            f"{src} holds a {config.model_type!r} model; quantization supports {SUPPORTED_MODEL_TYPES} "
             "(hf_ltg's GPT family) only, LTG-BERT is not supported yet."
         )
     classes = {cls.__name__: cls for cls in gpt.AUTO_MODEL_CLASSES.values()}

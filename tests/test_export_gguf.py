@@ -99,9 +99,9 @@ def save_random_gpt(folder, tokenizer, **overrides):
 
 
 @pytest.mark.parametrize("weight_type, overrides", [
-    ("f32", {}), ("f16", {}), ("q8_0", {}),
+    ("f32", {}), ("f16", {}), ("q8_0", {}), ("q4_0", {}), ("q4_1", {}),
     ("f32", {"tie_word_embeddings": False, "qkv_bias": False}),
-], ids=["f32", "f16", "q8_0", "f32-untied-no-qkv-bias"])
+], ids=["f32", "f16", "q8_0", "q4_0", "q4_1", "f32-untied-no-qkv-bias"])
 def test_gguf_weights_run_as_gpt2_give_torch_greedy_tokens(tmp_path, tiny_tokenizer, weight_type, overrides):
     model = save_random_gpt(tmp_path / "ckpt", tiny_tokenizer, **overrides)
 
@@ -115,7 +115,8 @@ def test_gguf_weights_run_as_gpt2_give_torch_greedy_tokens(tmp_path, tiny_tokeni
     for name, value in model.state_dict().items():
         if name in state:
             error = (state[name] - value).abs().max().item()
-            assert error <= {"f32": 0, "f16": 1e-3, "q8_0": 1 / 127}[weight_type] * max(value.abs().max().item(), 1)
+            bound = {"f32": 0, "f16": 1e-3, "q8_0": 1 / 127, "q4_0": 1 / 15, "q4_1": 1 / 15}[weight_type]
+            assert error <= bound * max(value.abs().max().item(), 1)
     if not model.config.qkv_bias:
         assert all(not state.pop(f"transformer.h.{i}.attn.qkv_proj.bias").any() for i in range(2))
     stored = type(model)(model.config).eval()
@@ -134,6 +135,44 @@ def test_gguf_weights_run_as_gpt2_give_torch_greedy_tokens(tmp_path, tiny_tokeni
         with torch.no_grad():
             logits = model(prompt).logits[0, -1].double().numpy()
         np.testing.assert_allclose(gpt2_next_token_logits(metadata, tensors, prompt[0].tolist()), logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheme, weight_type, exact", [
+    ("int4-weight-only", "q4_1", True), ("int8-weight-only", "q8_0", True), ("absmax", "q8_0", True),
+    ("int4-weight-only", "f16", False), ("zeropoint", "q8_0", False),
+])
+def test_a_quantized_checkpoint_exports_its_own_numbers_where_the_type_holds_them(
+        tmp_path, tiny_tokenizer, scheme, weight_type, exact):
+    """`hf-ltg quantize` output: int4-weight-only is Q4_1's block formula and absmax / int8-weight-only
+    are Q8_0 with the row scale in every block, so the file holds the checkpoint's weights (f16 scales);
+    other pairs hold the dequantized weights, rounded to the type."""
+    from hf_ltg.quantization import quantize_checkpoint
+
+    save_random_gpt(tmp_path / "ckpt", tiny_tokenizer)
+    quantize_checkpoint(tmp_path / "ckpt", tmp_path / "q", scheme, include_lm_head=True)
+    from hf_ltg.gpt import LtgGptForCausalLM
+
+    quantized = LtgGptForCausalLM.from_pretrained(tmp_path / "q").eval()
+
+    assert main(["export", str(tmp_path / "q"), "--gguf", str(tmp_path / "m.gguf"), "--gguf-type", weight_type]) == 0
+
+    metadata, tensors = read_gguf(tmp_path / "m.gguf")
+    kinds = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
+    assert kinds["blk.0.ffn_up.weight"] == kinds["output.weight"] == weight_type.upper()
+    layer = quantized.transformer.h[0].mlp.fc_in
+    error = np.abs(tensors["blk.0.ffn_up.weight"] - layer.dequantized_weight().numpy()).max()
+    scale = layer.weight_scale.abs().max().item()  # one quantization step (int8: of the largest row)
+    if exact:  # only the f16 rounding of the scales (and minimums)
+        assert error <= 1e-3 * np.abs(tensors["blk.0.ffn_up.weight"]).max()
+    else:
+        assert 0 < error <= {"f16": 1e-3, "q8_0": 1 / 127}[weight_type] * np.abs(layer.dequantized_weight().numpy()).max()
+    assert scale > 0
+    prompt = tiny_tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+    if exact:  # the file's GPT-2 decodes as the quantized checkpoint's dequantized weights do
+        with torch.no_grad():
+            logits = quantized(prompt).logits[0, -1].double().numpy()
+        np.testing.assert_allclose(gpt2_next_token_logits(metadata, tensors, prompt[0].tolist()), logits,
+                                   atol=0.05 * np.abs(logits).max())
 
 
 def test_gguf_metadata_and_tokenizer_are_llama_cpp_gpt2(tmp_path, tiny_tokenizer):
@@ -249,4 +288,35 @@ def test_llama_cpp_runs_the_exported_shipped_lm_with_torch_tokens_and_tokenizati
     llama_logits = np.array(llm.scores[prompt.shape[1] - 1])
     assert generated == expected[:len(generated)]
     assert np.abs(llama_logits - torch_logits).max() < {"f32": 1e-3, "q8_0": 5e-2}[weight_type]
+    del llm
+
+
+@pytest.mark.parametrize("scheme, weight_type", [("int4-weight-only", "q4_1"), ("int8-weight-only", "q8_0")])
+def test_llama_cpp_runs_a_weight_only_checkpoint_as_torch_runs_it(tmp_path, scheme, weight_type):
+    """hf-ltg quantize, then export: llama.cpp decodes the quantized shipped LM to torch's greedy tokens."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM
+
+    from hf_ltg.quantization import quantize_checkpoint
+
+    quantize_checkpoint(REPO / "checkpoints" / "ltg-gpt-lm", tmp_path / "q", scheme, include_lm_head=True)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
+    export_gguf(tmp_path / "q", tmp_path / "q.gguf", weight_type=weight_type)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "q.gguf"), n_ctx=model.config.max_position_embeddings,
+                          verbose=False, logits_all=True)
+    prompt = [5, 17, 99, 250, 31]
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=STEPS, do_sample=False,
+                                  pad_token_id=model.config.pad_token_id)[0, len(prompt):].tolist()
+        torch_logits = model(torch.tensor([prompt])).logits[0, -1].numpy()
+    generated = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        generated.append(token)
+        if len(generated) == len(expected) or token == model.config.eos_token_id:
+            break
+    llm.reset()
+    llm.eval(prompt)
+    assert generated == expected[:len(generated)]
+    # llama.cpp rounds the activations to 8 bits for these types, torch to bf16 for its kernels
+    assert np.abs(np.array(llm.scores[len(prompt) - 1]) - torch_logits).max() < 0.1
     del llm

@@ -33,7 +33,8 @@ def add_parser(subparsers):
     parser.add_argument("--gguf", metavar="OUT.gguf",
                         help="write a llama.cpp GGUF file instead (GPT causal LMs: GPT-2 architecture, BPE tokenizer)")
     parser.add_argument("--gguf-type",
-                        help="with --gguf: the weight type, f32, f16 (default, as llama.cpp's converter) or q8_0")
+                        help="with --gguf: the weight type, f32, f16 (default, as llama.cpp's converter), q8_0, q4_0 or "
+                             "q4_1 (an hf-ltg quantize int4-weight-only checkpoint is q4_1 unchanged)")
     parser.add_argument("--merge", action="store_true", help="merge a peft adapter SRC into its base model")
     parser.add_argument("--max-shard-size", default="2GB",
                         help="largest safetensors file before the weights are sharded with an index (default 2GB)")

@@ -1,11 +1,11 @@
-"""`hf-ltg quantize`: an int8 copy of a checkpoint folder that loads quantized with trust_remote_code."""
+"""`hf-ltg quantize`: an int8 or 4-bit copy of a checkpoint folder that loads quantized with trust_remote_code."""
 
 from pathlib import Path
 
 from ._output import add_overwrite_option, check_output
 
 # Mirrors hf_ltg.quantization.SCHEMES / DEFAULT_THRESHOLD (not imported: `--help` stays light).
-SCHEMES = ("absmax", "zeropoint", "llm-int8")
+SCHEMES = ("absmax", "zeropoint", "llm-int8", "int8-weight-only", "int4-weight-only")
 DEFAULT_THRESHOLD = 6.0
 
 
@@ -27,12 +27,15 @@ def quantize_loaded(model, scheme):
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "quantize",
-        help="write an int8 (absmax, zeropoint or llm-int8) copy of a checkpoint",
+        help="write an int8 or 4-bit copy of a checkpoint (absmax, zeropoint, llm-int8, int8-weight-only, "
+             "int4-weight-only)",
         description=(
-            "Quantize every linear layer of SRC to int8 per output channel (the LM head only with "
-            "--include-lm-head) and write OUT atomically: int8 weights + scales in safetensors, the scheme "
-            "in config.json, the model code alongside, so from_pretrained(OUT, trust_remote_code=True) "
-            "loads it quantized."
+            "Quantize every linear layer of SRC (the LM head only with --include-lm-head) and write OUT "
+            "atomically: quantized weights + scales in safetensors, the scheme in config.json, the model code "
+            "alongside, so from_pretrained(OUT, trust_remote_code=True) loads it quantized. absmax, zeropoint "
+            "and llm-int8 quantize weights per output channel and activations per token, and multiply in int8; "
+            "int8-weight-only (per output channel) and int4-weight-only (4 bits, a scale and a minimum per 32 "
+            "inputs: llama.cpp's Q4_1) keep activations in floating point and decode fastest on CPU."
         ),
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint folder (floating point)")

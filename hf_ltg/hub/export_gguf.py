@@ -10,8 +10,14 @@ need a transpose). The tokenizer is written as a byte-level BPE `gpt2` tokenizer
 types, merges) with the GPT-2 pre-tokenizer, which is what `hf_ltg.tokenization` trains.
 
 Weight types follow llama.cpp's converter: 1-D tensors (norms, biases) and the position table stay
-float32; matrices are f32, f16 or q8_0 (blocks of 32 values with one f16 scale; a matrix whose rows
-are not a multiple of 32 falls back to f16).
+float32; matrices are f32, f16, q8_0 (blocks of 32 values with one f16 scale), q4_0 (blocks of 32
+4-bit values with one f16 scale) or q4_1 (an f16 scale and an f16 minimum per 32); a matrix whose
+rows are not a multiple of 32 falls back to f16.
+
+A checkpoint of `hf-ltg quantize` exports too. Where the GGUF type holds its numbers, they are
+written unchanged (up to f16 scales): int4-weight-only as q4_1 (the same block formula), absmax and
+int8-weight-only as q8_0 (each row's scale repeated per block). Any other type is made from the
+dequantized weights, as from a float checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from .export_onnx import source_model_folder
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_HEAD = "LtgGptForCausalLM"
 # the activations that are GPT-2's (tanh-approximated GELU), the one ggml's gpt2 graph computes
@@ -54,7 +60,7 @@ def check_gguf_output(out, overwrite: bool, weight_type: str) -> Path:
 def export_gguf(src, out, *, weight_type: str = "f16", merge: bool = False, tokenizer=None,
                 overwrite: bool = True) -> Path:
     """Write `out`, a GGUF file of the GPT causal LM in `src` (a checkpoint, Trainer output or, with
-    `merge`, a peft adapter), with weights of `weight_type` (f32, f16 or q8_0). Returns `out`."""
+    `merge`, a peft adapter), with weights of `weight_type` (f32, f16, q8_0, q4_0 or q4_1). Returns `out`."""
     import gguf
     import torch
 
@@ -76,12 +82,13 @@ def export_gguf(src, out, *, weight_type: str = "f16", merge: bool = False, toke
             writer.add_head_count(config.num_attention_heads)
             writer.add_layer_norm_eps(config.layer_norm_eps)
             writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[weight_type])
+                                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                                  "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[weight_type])
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             _add_tokenizer(writer, vocabulary, config)
             with torch.no_grad():
                 for name, tensor in gguf_tensors(model):
-                    _add_tensor(writer, name, tensor.float().numpy(), weight_type)
+                    _add_tensor(writer, name, tensor, weight_type)
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
@@ -95,8 +102,12 @@ def export_gguf(src, out, *, weight_type: str = "f16", merge: bool = False, toke
 
 
 def gguf_tensors(model):
-    """(llama.cpp gpt2 tensor name, tensor) for every weight of an LtgGptForCausalLM."""
+    """(llama.cpp gpt2 tensor name, tensor) for every weight of an LtgGptForCausalLM; the weight of a
+    quantized layer (`hf-ltg quantize`) is the layer itself (see `_add_tensor`)."""
     import torch
+
+    def weight(layer):
+        return layer if _is_quantized_layer(layer) else layer.weight
 
     gpt = model.transformer
     yield "token_embd.weight", gpt.wte.weight
@@ -106,37 +117,78 @@ def gguf_tensors(model):
         qkv = block.attn.qkv_proj
         yield f"{prefix}.attn_norm.weight", block.ln_1.weight
         yield f"{prefix}.attn_norm.bias", block.ln_1.bias
-        yield f"{prefix}.attn_qkv.weight", qkv.weight
+        yield f"{prefix}.attn_qkv.weight", weight(qkv)
         # llama.cpp's gpt2 requires the bias: a model without one has a zero bias
         yield f"{prefix}.attn_qkv.bias", qkv.bias if qkv.bias is not None else torch.zeros(qkv.out_features)
-        yield f"{prefix}.attn_output.weight", block.attn.out_proj.weight
+        yield f"{prefix}.attn_output.weight", weight(block.attn.out_proj)
         yield f"{prefix}.attn_output.bias", block.attn.out_proj.bias
         yield f"{prefix}.ffn_norm.weight", block.ln_2.weight
         yield f"{prefix}.ffn_norm.bias", block.ln_2.bias
-        yield f"{prefix}.ffn_up.weight", block.mlp.fc_in.weight
+        yield f"{prefix}.ffn_up.weight", weight(block.mlp.fc_in)
         yield f"{prefix}.ffn_up.bias", block.mlp.fc_in.bias
-        yield f"{prefix}.ffn_down.weight", block.mlp.fc_out.weight
+        yield f"{prefix}.ffn_down.weight", weight(block.mlp.fc_out)
         yield f"{prefix}.ffn_down.bias", block.mlp.fc_out.bias
     yield "output_norm.weight", gpt.ln_f.weight
     yield "output_norm.bias", gpt.ln_f.bias
     if not model.config.tie_word_embeddings:  # tied: llama.cpp uses token_embd
-        yield "output.weight", model.lm_head.weight
+        yield "output.weight", weight(model.lm_head)
 
 
-def _add_tensor(writer, name: str, array, weight_type: str) -> None:
+def _is_quantized_layer(layer) -> bool:
+    return hasattr(layer, "dequantized_weight")
+
+
+def _add_tensor(writer, name: str, tensor, weight_type: str) -> None:
     import gguf
 
+    quantized_types = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
+                       "q4_1": gguf.GGMLQuantizationType.Q4_1}
+    if _is_quantized_layer(tensor):
+        blocks = exact_gguf_blocks(tensor, weight_type)
+        if blocks is not None:
+            writer.add_tensor(name, blocks, raw_dtype=quantized_types[weight_type])
+            return
+        tensor = tensor.dequantized_weight()
+    array = tensor.float().numpy()
+    qtype = quantized_types.get(weight_type)
     if array.ndim == 1 or weight_type == "f32" or name == "position_embd.weight":
         writer.add_tensor(name, array.astype("float32"))
-    elif weight_type == "q8_0" and array.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
-        quantized = gguf.quants.quantize(array.astype("float32"), gguf.GGMLQuantizationType.Q8_0)
-        writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    elif qtype is not None and array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0:
+        writer.add_tensor(name, gguf.quants.quantize(array.astype("float32"), qtype), raw_dtype=qtype)
     else:
         writer.add_tensor(name, array.astype("float16"))
 
 
+def exact_gguf_blocks(layer, weight_type: str):
+    """The GGUF blocks (uint8 [out, bytes per row]) holding a quantized layer's own numbers, where
+    `weight_type` can: int4-weight-only as q4_1 (f16 scale, f16 minimum, 16 bytes of 4-bit values:
+    elements 0-15 in the low nibbles, 16-31 in the high ones), absmax and int8-weight-only as q8_0
+    (f16 scale, 32 int8 values). None where it cannot (another type, zero points, odd row lengths)."""
+    import numpy as np
+    import torch
+
+    scheme = getattr(layer, "scheme", None)
+    rows, columns = layer.out_features, layer.in_features
+    if columns % 32:
+        return None
+    if weight_type == "q4_1" and scheme == "int4-weight-only" and layer.group_size == 32:
+        from ..gpt.weight_only_ltg_gpt import unpack_int4
+
+        q = unpack_int4(layer.weight).reshape(rows, columns // 32, 2, 16).numpy()
+        nibbles = q[:, :, 0] | (q[:, :, 1] << 4)  # (rows, blocks, 16)
+        scale = layer.weight_scale.float().numpy().astype(np.float16).view(np.uint8).reshape(rows, -1, 2)
+        minimum = layer.weight_min.float().numpy().astype(np.float16).view(np.uint8).reshape(rows, -1, 2)
+        return np.concatenate([scale, minimum, nibbles.astype(np.uint8)], axis=-1).reshape(rows, -1)
+    if weight_type == "q8_0" and scheme in ("absmax", "int8-weight-only"):
+        q = layer.weight.to(torch.int8).numpy().reshape(rows, columns // 32, 32).view(np.uint8)
+        scale = layer.weight_scale.float().numpy().astype(np.float16).view(np.uint8).reshape(rows, 1, 2)
+        return np.concatenate([np.repeat(scale, columns // 32, axis=1), q], axis=-1).reshape(rows, -1)
+    return None
+
+
 def _load_gpt2_compatible(model_dir):
-    """The float32 LtgGptForCausalLM in `model_dir`, or a ValueError saying why GGUF cannot hold it."""
+    """The float32 LtgGptForCausalLM in `model_dir` (quantized layers stay quantized), or a ValueError
+    saying why GGUF cannot hold it."""
     import torch
     from transformers import AutoConfig
 
@@ -155,9 +207,6 @@ def _load_gpt2_compatible(model_dir):
             f"{model_dir} uses the activation {config.activation!r}; llama.cpp's gpt2 computes the tanh-approximated "
             f"GELU ({' / '.join(GPT2_ACTIVATIONS)}), so the file would give other outputs: export it with --onnx."
         )
-    if getattr(config, "quantization", None):
-        raise ValueError(f"{model_dir} holds int8 weights (hf-ltg quantize); export the float checkpoint it was "
-                         "made from with --gguf-type q8_0.")
     from ..gpt import LtgGptForCausalLM
 
     return LtgGptForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
