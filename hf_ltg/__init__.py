@@ -18,6 +18,9 @@ _EXPORTS = {
     "ltg_bert": ["LtgBertConfig", "LtgBertForCausalLM", "LtgBertForMaskedLM", "LtgBertForMultipleChoice",
                  "LtgBertForQuestionAnswering", "LtgBertForSequenceClassification",
                  "LtgBertForTokenClassification", "LtgBertModel", "LtgBertPreTrainedModel"],
+    "norbert4": ["Norbert4Config", "Norbert4ForCausalLM", "Norbert4ForMaskedLM", "Norbert4ForMultipleChoice",
+                 "Norbert4ForQuestionAnswering", "Norbert4ForSequenceClassification",
+                 "Norbert4ForTokenClassification", "Norbert4Model", "Norbert4PreTrainedModel"],
     "registration": ["register_all"],
 }
 
@@ -61,5 +64,14 @@ __all__ = [
     "LtgBertForTokenClassification",
     "LtgBertModel",
     "LtgBertPreTrainedModel",
+    "Norbert4Config",
+    "Norbert4ForCausalLM",
+    "Norbert4ForMaskedLM",
+    "Norbert4ForMultipleChoice",
+    "Norbert4ForQuestionAnswering",
+    "Norbert4ForSequenceClassification",
+    "Norbert4ForTokenClassification",
+    "Norbert4Model",
+    "Norbert4PreTrainedModel",
     "register_all",
 ]

@@ -32,6 +32,9 @@ def _families():
     except ImportError:  # the family is optional until it lands
         return families
     families.append((ltg_bert.LtgBertConfig, ltg_bert.AUTO_MODEL_CLASSES, ltg_bert.register_peft_target_modules))
+    from . import norbert4
+
+    families.append((norbert4.Norbert4Config, norbert4.AUTO_MODEL_CLASSES, norbert4.register_peft_target_modules))
     return families
 
 
