@@ -4,7 +4,7 @@ lm-eval 0.4.13 finds models only in its own registry (no entry points), so the m
 when this module is imported. Run lm-eval through it:
 
     python -m hf_ltg.lm_eval --model ltg-mlm --model_args pretrained=checkpoints/ltg-bert-mlm --tasks blimp
-    hf-ltg lm-eval --model ltg-mlm --model_args pretrained=checkpoints/ltg-bert-mlm --tasks blimp
+    hf-ltg lm-eval run --model ltg-mlm --model_args pretrained=checkpoints/ltg-bert-mlm --tasks blimp
 
 (every lm-eval argument is passed on unchanged), or from Python, `import hf_ltg.lm_eval` before
 `lm_eval.simple_evaluate(model="ltg-mlm", ...)`.

@@ -27,6 +27,11 @@ def masked_lm_note(model) -> str | None:
     trained_as = [a for a in (model.config.architectures or []) if a.endswith("ForMaskedLM")]
     if not trained_as or any(a.endswith("ForCausalLM") for a in model.config.architectures):
         return None
+    if getattr(model.config, "masked_next_token", False):
+        return (f"note: {model.config.name_or_path} was trained with GPT-BERT's hybrid objective ({trained_as[0]} "
+                "with masked_next_token: masked and causal batches); this is the perplexity of its causal mode, "
+                "one of the two it was trained in, and it is not comparable with another model's "
+                "(other tokenizers split the text into other tokens).")
     return (f"note: {model.config.name_or_path} was trained as a masked language model ({trained_as[0]}); this is the "
             f"perplexity of its causal, left-to-right use ({type(model).__name__}: each token predicted from the "
             "tokens before it only), not of its training objective, and it is not comparable with a causal LM's "

@@ -278,7 +278,7 @@ GPT-BERT was trained as a masked and as a causal language model at once. Choose 
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 repo = "PATH_OR_REPO"
-tokenizer = AutoTokenizer.from_pretrained(repo)
+tokenizer = AutoTokenizer.from_pretrained(repo, trust_remote_code=True)  # the config it reads is the folder's code
 
 # Masked mode: bidirectional attention, fill in the mask token.
 unmasker = pipeline("fill-mask", model=AutoModelForMaskedLM.from_pretrained(repo, trust_remote_code=True),

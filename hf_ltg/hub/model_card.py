@@ -104,8 +104,11 @@ def render_model_card(config, info: CardInfo, training: TrainingRecord) -> str:
 
 def _summary(config, info: CardInfo, tag: str | None) -> str:
     family = FAMILY_NAMES.get(config.model_type, config.model_type)
-    lines = [f"A `{info.architecture}` ({family}) with {format_count(info.num_parameters)} parameters"
-             + (f", for {tag}." if tag else ".")]
+    use = f", for {tag}." if tag else "."
+    if _hybrid(config) and tag == "fill-mask":
+        family = "LTG-BERT trained GPT-BERT style, on masked and causal next-token prediction"
+        use = ", for fill-mask and, loaded as `AutoModelForCausalLM`, text generation."
+    lines = [f"A `{info.architecture}` ({family}) with {format_count(info.num_parameters)} parameters" + use]
     if info.base_model:
         lines.append(f"Fine-tuned from `{info.base_model}`.")
     if info.datasets:
@@ -198,6 +201,9 @@ def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
              f"model = {auto}.from_pretrained(repo{trust})"]
     if tag in examples:
         lines += ["", examples[tag].format(t=trust)]
+    if tag == "fill-mask" and _hybrid(config):
+        lines += ["", "# causal mode, the same weights: the pipeline loads them with AutoModelForCausalLM",
+                  examples["text-generation"].format(t=trust)]
     elif auto == "AutoModelForQuestionAnswering":  # transformers 5 has no question-answering pipeline
         lines += ["", 'inputs = tokenizer("Where did the cat sit?", "The cat sat on the mat.", return_tensors="pt")',
                   "outputs = model(**inputs)",
@@ -213,9 +219,14 @@ def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
     return text
 
 
+def _hybrid(config) -> bool:
+    """Trained on masked and causal next-token prediction (GPT-BERT, `hf-ltg pretrain --objective hybrid`)."""
+    return bool(getattr(config, "masked_next_token", False))
+
+
 def _masked_and_causal_modes(config) -> str:
     """GPT-BERT-style weights (`masked_next_token`) serve both modes; the Auto class picks one."""
-    if not getattr(config, "masked_next_token", False):
+    if not _hybrid(config):
         return ""
     return (
         "## Masked and causal mode\n\n"
