@@ -443,8 +443,13 @@ def verify(release: Release, model, gpt_bert: bool) -> float:
         if missing or unexpected:
             raise ValueError(f"--verify: the release's {cls.__name__} does not take the folder's weights "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
-        with torch.no_grad():
-            return their.eval()(input_ids=ids, attention_mask=mask, return_dict=True).logits.float()
+        try:
+            with torch.no_grad():
+                return their.eval()(input_ids=ids, attention_mask=mask, return_dict=True).logits.float()
+        except Exception as error:  # the release's code, on this transformers release
+            raise ValueError(f"--verify: the release's {cls.__name__} failed here ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); convert without --verify, or "
+                             f"with the transformers release its code was written for.") from error
 
     with torch.no_grad():
         ours = model.eval()(input_ids=ids, attention_mask=mask).logits.float()
