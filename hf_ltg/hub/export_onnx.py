@@ -16,7 +16,8 @@ branch each Python-level check takes on the example it traces, which holds paddi
 general branch is the one recorded. The dynamo exporter also exports the GPT causal LM (given
 `Dim(max=context)` bounds on the lengths) but took 110 s for a 2-layer model where this takes 5 s
 on torch 2.13. Both see only public ops: the GPT kernels step aside while exporting
-(`kernels_ltg_gpt.plain_ops_required`); LTG-BERT uses none.
+(`kernels_ltg_gpt.plain_ops_required`); LTG-BERT and NorBERT4 use none. NorBERT4's sliding
+windows are part of the graph (its masks come from token indices, so they hold at any length).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ ONNX_FILE = "model.onnx"
 
 def export_onnx(src, out, *, task: str | None = None, merge: bool = False, tokenizer=None, id2label=None) -> Path:
     """Write `out`: model.onnx, config.json, the tokenizer files and, for a causal LM,
-    generation_config.json and genai_config.json (ONNX Runtime GenAI).
+    generation_config.json and genai_config.json (ONNX Runtime GenAI; not where keys and values
+    have heads of different widths, which its decoder cannot describe).
 
     `task` is one of `ONNX_TASKS`; by default the head the checkpoint was saved with (an LTG-BERT
     masked LM can be exported as `causal-lm`, its GPT-BERT style causal head, on the same weights).
@@ -68,7 +70,8 @@ def export_onnx(src, out, *, task: str | None = None, merge: bool = False, token
         with atomic_directory(out) as tmp, torch.no_grad():
             if task == "causal-lm":
                 _export_causal_lm(model, tmp / ONNX_FILE)
-                _write_genai_config(model.config, tmp)
+                if len(set(cache_head_sizes(model.config))) == 1:  # GenAI's decoder has one head size
+                    _write_genai_config(model.config, tmp)
                 model.generation_config.save_pretrained(tmp)
             else:
                 _export_logits(model, tmp / ONNX_FILE, padding_side="left" if _is_decoder(model) else "right")
@@ -149,6 +152,13 @@ def cache_names(num_layers: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
+def cache_head_sizes(config) -> tuple[int, int]:
+    """(key, value) width per head of the cache: NorBERT4 names both (`query_key_head_size`,
+    `value_head_size`, which need not be equal or divide `hidden_size`); the others split `hidden_size`."""
+    default = config.hidden_size // config.num_attention_heads
+    return (getattr(config, "query_key_head_size", default), getattr(config, "value_head_size", default))
+
+
 def _example_batch(config, length: int, padding_side: str):
     """Two rows of `length` token ids, the first with two padding tokens. The tracer records the
     branch each Python-level check takes on this example: with padding that is the general one,
@@ -192,14 +202,15 @@ class LogitsOnly(torch.nn.Module):
 def _export_causal_lm(model, path: Path) -> None:
     config = model.config
     heads = config.num_attention_heads
-    head_dim = config.hidden_size // heads
+    key_dim, value_dim = cache_head_sizes(config)
     past_names, present_names = cache_names(config.num_hidden_layers)
     # past 3 + new 4: a non-empty past and more than one new token, so that no branch on
     # "prefill" or "one token" is recorded (the graph then serves an empty past and single steps)
     input_ids, attention_mask = _example_batch(config, 7, "left")
     input_ids = input_ids[:, 3:]
     generator = torch.Generator().manual_seed(1)
-    past = [torch.randn(2, heads, 3, head_dim, generator=generator) for _ in past_names]
+    past = [torch.randn(2, heads, 3, key_dim if name.endswith(".key") else value_dim, generator=generator)
+            for name in past_names]
     batch, sequence, past_length, total = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
     dynamic_axes = {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: total},
                     "logits": {0: batch, 1: sequence}}
@@ -251,7 +262,7 @@ def _write_genai_config(config, folder: Path) -> None:
             "type": "decoder",
             "decoder": {
                 "filename": ONNX_FILE,
-                "head_size": config.hidden_size // config.num_attention_heads,
+                "head_size": cache_head_sizes(config)[0],
                 "hidden_size": config.hidden_size,
                 "num_attention_heads": config.num_attention_heads,
                 "num_key_value_heads": config.num_attention_heads,

@@ -25,6 +25,7 @@ FAMILY_NAMES = {
     "ltg_gpt": "LTG GPT, a GPT-2 style decoder",
     "ltg_bert": "LTG-BERT, the Language Technology Group's masked language model",
     "gpt2": "GPT-2 (stock transformers classes, no remote code)",
+    "ltg_norbert4": "NorBERT4, LTG's GPT-BERT of 2025: one set of weights, masked and causal mode",
 }
 
 # The sizes shown in the architecture table, under their transformers names.
@@ -95,6 +96,7 @@ def render_model_card(config, info: CardInfo, training: TrainingRecord) -> str:
         _training(training, info),
         _usage(config, info, tag, auto),
         _masked_and_causal_modes(config),
+        _norbert4_modes_and_windows(config, info.architecture),
     ]
     if info.remote_code:
         sections.append(_security_note(config))
@@ -105,8 +107,9 @@ def render_model_card(config, info: CardInfo, training: TrainingRecord) -> str:
 def _summary(config, info: CardInfo, tag: str | None) -> str:
     family = FAMILY_NAMES.get(config.model_type, config.model_type)
     use = f", for {tag}." if tag else "."
-    if _hybrid(config) and tag == "fill-mask":
-        family = "LTG-BERT trained GPT-BERT style, on masked and causal next-token prediction"
+    if _two_modes(config) and tag == "fill-mask":
+        if _hybrid(config):
+            family = "LTG-BERT trained GPT-BERT style, on masked and causal next-token prediction"
         use = ", for fill-mask and, loaded as `AutoModelForCausalLM`, text generation."
     lines = [f"A `{info.architecture}` ({family}) with {format_count(info.num_parameters)} parameters" + use]
     if info.base_model:
@@ -201,7 +204,7 @@ def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
              f"model = {auto}.from_pretrained(repo{trust})"]
     if tag in examples:
         lines += ["", examples[tag].format(t=trust)]
-    if tag == "fill-mask" and _hybrid(config):
+    if tag == "fill-mask" and _two_modes(config):
         lines += ["", "# causal mode, the same weights: the pipeline loads them with AutoModelForCausalLM",
                   examples["text-generation"].format(t=trust)]
     elif auto == "AutoModelForQuestionAnswering":  # transformers 5 has no question-answering pipeline
@@ -222,6 +225,53 @@ def _usage(config, info: CardInfo, tag: str | None, auto: str) -> str:
 def _hybrid(config) -> bool:
     """Trained on masked and causal next-token prediction (GPT-BERT, `hf-ltg pretrain --objective hybrid`)."""
     return bool(getattr(config, "masked_next_token", False))
+
+
+def _two_modes(config) -> bool:
+    """One set of weights with a masked and a causal mode: GPT-BERT-style LTG-BERT, and NorBERT4."""
+    return _hybrid(config) or config.model_type == "ltg_norbert4"
+
+
+def _norbert4_modes_and_windows(config, architecture: str) -> str:
+    """NorBERT4: how its masked-LM logits line up with the tokens (language-model heads), and where its
+    sliding windows end (every head)."""
+    if config.model_type != "ltg_norbert4":
+        return ""
+    edge = getattr(config, "window_edge", "flash")
+    local, global_, ratio = config.local_window_length, config.global_window_length, config.local_global_ratio
+    if ratio == 1:
+        layers, shortest = f"Every layer is global (window w = {global_:,} tokens).", global_
+    else:
+        layers = (f"Every {_ordinal(ratio)} layer is global (window w = {global_:,} tokens), the others local "
+                  f"(w = {local:,}).")
+        shortest = min(local, global_)
+    rule = "|i - j| <= w - 1" if edge == "flash" else "|i - j| <= w"
+    modes = "" if not architecture.endswith(("ForMaskedLM", "ForCausalLM")) else (
+        "## Masked and causal mode\n\n"
+        "NorBERT4 was trained on masked and causal next-token prediction: in both modes hidden state i predicts "
+        "token i + 1. Load the weights with `AutoModelForMaskedLM` for masked mode (bidirectional) or with "
+        "`AutoModelForCausalLM` for causal mode (`generate` with a KV cache, left-padded batches, a static cache). "
+        "The masked LM shifts its logits back by one position, as the release does: the logits at position i are "
+        "the prediction for token i (made from position i - 1), so a `[MASK]` and its prediction sit at the same "
+        "index, `labels` follow BERT's convention and the fill-mask pipeline works as usual. Position 0 (the "
+        "`<s>`/`[CLS]` token every input starts with) is never predicted: its logits are a column of 1.0 at "
+        "`bos_token_id` and 0 elsewhere, and the loss skips it.\n\n"
+    )
+    return modes + (
+        f"## Sliding windows\n\n{layers} "
+        "Masked mode sees keys within the window on both sides, causal mode only the earlier ones. The release's "
+        "own code has two attention paths that disagree by one position at the window edge: its flash-attn path, "
+        "which trained the model, keeps |i - j| <= w - 1; its padded path (used where flash-attn is missing) keeps "
+        "|i - j| <= w. This folder follows the flash path by default (`window_edge: \"flash\"` in config.json); "
+        "`window_edge: \"padded\"` (e.g. `from_pretrained(repo, window_edge=\"padded\")`) gives the padded "
+        f"path. This folder's setting: `{edge}`, {rule}. The two differ only on inputs longer than "
+        f"{shortest:,} tokens."
+    )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _masked_and_causal_modes(config) -> str:
