@@ -709,3 +709,13 @@ def test_norbert4_without_its_converter_is_not_yet_supported(tmp_path, capsys, m
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "NorBERT4 is a different architecture" in error
     assert "not yet support" in error and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--layout", "bnc"), "--layout means nothing for GPT-BERT (BabyLM)"),
+    (("--from", "hf-gpt2", "--verify"), "--verify is for LTG-BERT checkpoints and releases, not --from hf-gpt2"),
+])
+def test_layout_and_verify_only_where_they_mean_something(tmp_path, capsys, flags, message):
+    make_release(tmp_path / "release", "gpt-bert")
+    assert convert(tmp_path / "release", tmp_path / "out", *flags) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
