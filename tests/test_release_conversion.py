@@ -663,12 +663,26 @@ def _elc_bert(folder):
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _elc_bert_code(folder):  # an ELC-BERT folder under the BabyLM wrapper's names: its code tells
+    with (folder / "modeling_norbert.py").open("a") as file:
+        file.write("\n\nclass EncoderLayer2(nn.Module):\n    def __init__(self, n):\n        super().__init__()\n"
+                   "        self.prev_layer_weights = nn.Parameter(torch.zeros(n + 1))\n")
+
+
+def _unread_masking(folder):  # -inf written some way the converter cannot read: its top-k would differ
+    code = (folder / "modeling_norbert.py").read_text()
+    (folder / "modeling_norbert.py").write_text(code.replace(
+        'subword_prediction[:, :, :20+1] = float("-inf")', 'subword_prediction[..., [0, 3, 9]] = float("-inf")'))
+
+
 @pytest.mark.parametrize("damage, weights, message", [
     (_no_weights, "bin", "holds no weights"),
     (_missing_shard, "sharded", "model-00002-of-00002.safetensors is missing"),
     (_not_ltg, "bin", "is no LTG release hf-ltg knows: its config.json names ['BertForMaskedLM']"),
     (_norbert4, "bin", "NorBERT4"),  # recognised as NorBERT4 (converted where hf_ltg has the converter)
     (_elc_bert, "bin", "is an ELC-BERT release"),
+    (_elc_bert_code, "bin", "is an ELC-BERT release"),
+    (_unread_masking, "bin", "sets masked-LM logits to -inf in a way the converter does not read"),
 ])
 def test_bad_release_folders_get_one_line_and_nothing_is_written(tmp_path, capsys, damage, weights, message):
     make_release(tmp_path / "release", "norbert3-hub", weights)
@@ -719,3 +733,10 @@ def test_layout_and_verify_only_where_they_mean_something(tmp_path, capsys, flag
     make_release(tmp_path / "release", "gpt-bert")
     assert convert(tmp_path / "release", tmp_path / "out", *flags) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_an_hf_ltg_checkpoint_is_not_converted_again(tmp_path, capsys):
+    make_release(tmp_path / "release", "norbert3-hub")
+    assert convert(tmp_path / "release", tmp_path / "out") == 0
+    assert convert(tmp_path / "out", tmp_path / "again") == 2
+    assert "already an hf_ltg checkpoint (ltg_bert)" in capsys.readouterr().err

@@ -105,7 +105,8 @@ _SPLITS = {
                "in_proj_qk(self.dropout(relative_embedding)).chunk(2,dim=-1)",  # BabyLM wrappers, GPT-BERT
                "pos.chunk(2,dim=-1)"),  # ltgoslo/ltg-bert babylm/train/model.py
 }
-_SUPPRESSION = re.compile(r"""subword_prediction\[:,:,:(\d+)(?:\+(\d+))?\]=float\(["']-inf["']\)""")
+_SUPPRESSION = re.compile(r"""\w*(?:prediction|logits)\[:,:,:(\d+)(?:\+(\d+))?\]=float\(["']-inf["']\)""")
+_ANY_SUPPRESSION = re.compile(r"""\w*(?:prediction|logits)\[.*\]=float\(["']-inf["']\)""")  # one line
 
 
 _LAYOUT_WORDS = {"bnc": "heads first", "babylm": "halves first"}
@@ -126,10 +127,10 @@ def _split_lines(release: Release) -> str:
 
 def suppressed_token_ids(release: Release) -> list[int]:
     """The ids the release's masked-LM head sets to -inf (`subword_prediction[:, :, :106+1] = float("-inf")`)."""
-    code = _SPACE.sub("", release.code)
-    ends = {int(a) + int(b or 0) for a, b in _SUPPRESSION.findall(code)}
-    unread = code.count('=float("-inf")') + code.count("=float('-inf')") - len(_SUPPRESSION.findall(code))
-    if len(ends) > 1 or (unread and "subword_prediction[" in code and not ends):
+    lines = [_SPACE.sub("", line) for line in release.code.splitlines()]
+    ends = {int(a) + int(b or 0) for line in lines for a, b in _SUPPRESSION.findall(line)}
+    unread = sum(bool(_ANY_SUPPRESSION.search(line)) and not _SUPPRESSION.search(line) for line in lines)
+    if len(ends) > 1 or unread:  # -inf written into logits some other way: refuse rather than guess
         raise ValueError(
             f"{release.modeling_file} sets masked-LM logits to -inf in a way the converter does not read "
             f"(found ends {sorted(ends)}); its fill-mask answers would differ. Please report the file."
@@ -322,7 +323,7 @@ KINDS = [
     ReleaseKind(
         "ELC-BERT", "lgcharpe/ELC_BERT_*", "modeling_elc_bert.py",
         "refused: its layer weighting has no ltg_bert field",
-        lambda r: "elc" in _names(r) or any((r.folder).glob("modeling_elc*.py")),
+        lambda r: "elc" in _names(r) or any(r.folder.glob("modeling_elc*.py")) or "prev_layer_weights" in r.code,
         _refuse("{folder} is an ELC-BERT release: every ELC-BERT layer reads a softmax-weighted sum of all earlier "
                 "layers' outputs (prev_layer_weights), which no ltg_bert config field reproduces, so it is not "
                 "converted.")),
@@ -346,6 +347,10 @@ KINDS = [
 
 def detect(release: Release) -> ReleaseKind:
     kind = next((k for k in KINDS if k.matches(release)), None)
+    if kind is None and (release.config.get("model_type") in ("ltg_bert", "ltg_gpt", "norbert4")
+                         or release.has_module("modeling_ltg_bert") or release.has_module("modeling_ltg_gpt")):
+        raise ValueError(f"{release.folder} is already an hf_ltg checkpoint ({release.config.get('model_type')}); "
+                         f"there is nothing to convert (load it, or `hf-ltg export` it).")
     if kind is None:
         raise ValueError(
             f"{release.folder} is no LTG release hf-ltg knows: its config.json names "
