@@ -57,6 +57,9 @@ class Release:
                 f"state dict use --from ltg-bert or --from gpt-bert with --config CFG.json."
             )
         config = read_json_config(config_override or folder / "config.json")
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_override or folder / 'config.json'} holds a {type(config).__name__}, not a "
+                             f"JSON object of config fields.")
         release = cls(folder, config)
         release.classes.update(name for name in config.get("architectures") or () if isinstance(name, str))
         for reference in (config.get("auto_map") or {}).values():
@@ -250,6 +253,9 @@ def _convert_ltg_bert_release(kind_name: str):
 
         layout = _layout(release, kind_name, options)
         suppressed = suppressed_token_ids(release)
+        if release.modeling_file is None:
+            options.notes.append(f"{release.folder} has no modeling file: the release's masked-LM masking of special "
+                                 f"ids is unknown, so none is applied")
         tensors, weights_name = read_weights(release.folder)
         tokenizer = read_tokenizer(release.folder)
         config, dropped = ltg_bert_config(release.config, **_token_ids(tokenizer), position_layout=layout,
@@ -266,8 +272,7 @@ def _convert_gpt_bert_release(release: Release, out, options: Options):
     name = "GPT-BERT (BabyLM)"
     if options.layout is not None:
         raise ValueError(f"--layout means nothing for {name}: its code has one layout (halves first); drop it.")
-    detected = position_layout(release)
-    if detected != "babylm":
+    if release.modeling_file is not None and position_layout(release) != "babylm":
         raise ValueError(
             f"{name}: {release.modeling_file} splits the position projection in a way the converter does not know "
             f"(found: {_split_lines(release)}); GPT-BERT's code splits it halves first. Please report the file.")
