@@ -3,8 +3,10 @@
 The config is the original JSON (vocab_size, hidden_size, num_hidden_layers,
 num_attention_heads, intermediate_size, max_position_embeddings, position_bucket_size,
 layer_norm_eps, hidden_dropout_prob, attention_probs_dropout_prob); its keys are ours too.
-`layout` says which code trained the weights: "babylm" (BabyLM, NorBERT3 and later) or "bnc"
-(the original BNC model) -- see `POSITION_LAYOUTS` in the configuration file.
+`layout` says which code trained the weights: "babylm" (ltgoslo/ltg-bert babylm/train) or "bnc"
+(the original BNC model) -- see `POSITION_LAYOUTS` in the configuration file. LTG's Hugging Face
+release folders (NorBERT3, whose Hub file is "bnc") go through `releases.py`, which reads the layout
+from the folder's modeling file.
 
 The persistent `position_indices` buffers are optional; when present they must be the bucket
 table our config computes, which catches a wrong `max_position_embeddings` or

@@ -9,9 +9,11 @@ import sys
 from transformers import PretrainedConfig
 
 # How the projected relative-position table splits into its query-position and key-position
-# halves. "babylm": halves of the whole width, then heads (babylm/train/model.py, NorBERT3 and
-# later LTG models); "bnc": heads first, then halves within each head (the original BNC
-# LTG-BERT, training/model.py). Checkpoints of one layout give wrong outputs under the other.
+# halves. "babylm": halves of the whole width, then heads (babylm/train/model.py, the BabyLM and
+# GPT-BERT wrappers, the 2023-03 NorBERT3 modeling_norbert.py); "bnc": heads first, then halves
+# within each head (the original BNC LTG-BERT, training/model.py, and the modeling_norbert.py the
+# ltg/norbert3-* Hub models ship). Checkpoints of one layout give wrong outputs under the other;
+# `hf-ltg convert` reads a release's layout from its modeling file.
 POSITION_LAYOUTS = ("babylm", "bnc")
 
 # Where the attention output is normalised. "after_out_proj": LTG-BERT (out_proj, then a LayerNorm
@@ -203,7 +205,8 @@ class LtgBertConfig(PretrainedConfig):
         if not isinstance(self.position_layout, str) or self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(
                 f"LtgBertConfig.position_layout {self.position_layout!r} is unknown; use one of {POSITION_LAYOUTS} "
-                f"('babylm' for BabyLM/NorBERT3-style checkpoints, 'bnc' for the original BNC LTG-BERT)."
+                f"('babylm': halves first, as in BabyLM code; 'bnc': heads first, as in the BNC code and the "
+                f"ltg/norbert3-* Hub file)."
             )
         if not isinstance(self.attention_output_norm, str) or self.attention_output_norm not in ATTENTION_OUTPUT_NORMS:
             raise ValueError(
