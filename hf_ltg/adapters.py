@@ -239,7 +239,23 @@ def prefix_tuning_config(model, task_type=None, num_virtual_tokens: int = 16,
     _check_virtual_tokens(model, num_virtual_tokens)
     _check_cached_generation(model, task_type, "prefix tuning")
     return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
-                              prefix_projection=prefix_projection)
+                              prefix_projection=prefix_projection, **_prefix_cache_shape(model.config))
+
+
+def _prefix_cache_shape(config) -> dict:
+    """peft sizes each prefix key and value as `token_dim // num_attention_heads` (hidden_size / heads).
+    NorBERT4 names its head widths (`query_key_head_size`, `value_head_size`), which need not divide
+    hidden_size: give peft a token_dim of heads x that width, which takes one width for keys and values."""
+    key, value = getattr(config, "query_key_head_size", None), getattr(config, "value_head_size", None)
+    if key is None and value is None:
+        return {}
+    if key != value:
+        raise ValueError(
+            f"Prefix tuning needs keys and values of one width per head (peft makes both alike); "
+            f"{config.model_type} has query_key_head_size={key} and value_head_size={value}: use LoRA, "
+            "prompt tuning or p-tuning."
+        )
+    return {"token_dim": config.num_attention_heads * key, "num_attention_heads": config.num_attention_heads}
 
 
 def _prompt_task_type(model, task_type, method: str) -> TaskType:

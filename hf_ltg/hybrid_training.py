@@ -6,6 +6,9 @@ in both modes: hidden state i - 1 predicts label i, as `LtgBertForMaskedLM` with
 `masked_next_token` and `LtgBertForCausalLM` do. Its weights are those of either head, so the
 result is saved as a plain `LtgBertForMaskedLM` or `LtgBertForCausalLM` (`export_model`).
 
+`Norbert4HybridTrainingModel` is the same for NorBERT4 (`hf-ltg pretrain --family norbert4`), whose
+heads shift the same way; it is saved as `Norbert4ForMaskedLM` or `Norbert4ForCausalLM`.
+
 `HybridTrainer` logs the masked and the causal training loss separately (`masked_loss`,
 `causal_loss`, with `mask_rate`) and evaluates both modes on the validation windows under a
 fixed masking: `eval_masked_loss`, `eval_masked_accuracy`, `eval_causal_loss`,
@@ -26,6 +29,7 @@ from transformers.utils import ModelOutput
 from .data.core import IGNORE_INDEX
 from .data.hybrid import HybridCollator
 from .ltg_bert import LtgBertConfig, LtgBertForCausalLM, LtgBertForMaskedLM
+from .norbert4 import Norbert4ForCausalLM, Norbert4ForMaskedLM
 from .progress import progress_bar
 from .training import LtgTrainer
 
@@ -49,15 +53,38 @@ class HybridTrainingModel(LtgBertForMaskedLM):
         causal = bool(causal) if causal is not None else False
         hidden = self.ltg_bert(input_ids, attention_mask=attention_mask, is_causal=causal, use_cache=False,
                                return_dict=True).last_hidden_state
-        if labels is None:
-            return HybridOutput(logits=self.lm_head(hidden))
-        targets = labels[:, 1:]
-        predicted = targets != IGNORE_INDEX
-        # Only the predicted positions go through the head: in a masked batch 15-30 % of them.
-        logits = self.lm_head(hidden[:, :-1][predicted])
-        targets = targets[predicted]
-        loss = F.cross_entropy(logits.float(), targets) if len(targets) else logits.sum() * 0.0
-        return HybridOutput(loss=loss, logits=logits, targets=targets)
+        return _next_token_output(self.lm_head, hidden, labels)
+
+
+class Norbert4HybridTrainingModel(Norbert4ForMaskedLM):
+    """The training view of NorBERT4 (the release trains it on both objectives; see the module docstring)."""
+
+    _auto_class = None  # never saved as such (`export_model`)
+    accepts_loss_kwargs = False
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, causal=None, token_type_ids=None):
+        causal = bool(causal) if causal is not None else False
+        hidden = self.norbert4(input_ids, attention_mask=attention_mask, is_causal=causal, use_cache=False,
+                               return_dict=True).last_hidden_state
+        return _next_token_output(self.lm_head, hidden, labels)
+
+
+def _next_token_output(lm_head, hidden, labels) -> HybridOutput:
+    """Hidden state i - 1 predicts label i, in either mode."""
+    if labels is None:
+        return HybridOutput(logits=lm_head(hidden))
+    targets = labels[:, 1:]
+    predicted = targets != IGNORE_INDEX
+    # Only the predicted positions go through the head: in a masked batch 15-30 % of them.
+    logits = lm_head(hidden[:, :-1][predicted])
+    targets = targets[predicted]
+    loss = F.cross_entropy(logits.float(), targets) if len(targets) else logits.sum() * 0.0
+    return HybridOutput(loss=loss, logits=logits, targets=targets)
+
+
+def training_model_class(family: str):
+    """The training view of a family trained on the hybrid objective (`ltg-bert` or `norbert4`)."""
+    return Norbert4HybridTrainingModel if family == "norbert4" else HybridTrainingModel
 
 
 def masked_next_token_supported() -> bool:
@@ -68,15 +95,19 @@ def masked_next_token_supported() -> bool:
                                  sep_token_id=0, mask_token_id=0), "masked_next_token")
 
 
-def export_model(model: HybridTrainingModel, objective: str):
+def export_model(model: HybridTrainingModel | Norbert4HybridTrainingModel, objective: str):
     """The trained weights as the model users load: `LtgBertForCausalLM` for the causal objective,
     else `LtgBertForMaskedLM` with `masked_next_token` set (where the config has the flag), so that
-    its masked head reads the prediction for a token from the position before it, as trained."""
+    its masked head reads the prediction for a token from the position before it, as trained.
+    NorBERT4: `Norbert4ForCausalLM`, else `Norbert4ForMaskedLM` (which always shifts so)."""
     config = model.config
-    if objective != "causal" and masked_next_token_supported():
-        config.masked_next_token = True
     config.architectures = None
-    cls = LtgBertForCausalLM if objective == "causal" else LtgBertForMaskedLM
+    if isinstance(model, Norbert4HybridTrainingModel):
+        cls = Norbert4ForCausalLM if objective == "causal" else Norbert4ForMaskedLM
+    else:
+        if objective != "causal" and masked_next_token_supported():
+            config.masked_next_token = True
+        cls = LtgBertForCausalLM if objective == "causal" else LtgBertForMaskedLM
     exported = cls(config)
     exported.load_state_dict(model.state_dict())
     return exported.to(next(model.parameters()).device).eval()

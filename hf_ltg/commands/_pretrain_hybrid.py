@@ -1,4 +1,6 @@
-"""`hf-ltg pretrain --family ltg_bert --objective hybrid|causal`: LTG-BERT trained as GPT-BERT.
+"""`hf-ltg pretrain --family ltg_bert --objective hybrid|causal`: LTG-BERT trained as GPT-BERT, and
+`hf-ltg pretrain --family norbert4 --objective hybrid|masked|causal`: NorBERT4 on the same data path
+(`masked`: every batch masked, spans as in `hybrid`).
 
 The same data options as the other pretraining runs (default: pydoc_data.topics), windows
 `[CLS] tokens` of --max-length. `hybrid` mixes masked and causal batches (--causal-ratio of them
@@ -15,6 +17,9 @@ from pathlib import Path
 from . import _training
 from ._pretrain_ltg_bert import DEFAULT_OUTPUT, GPT_DEFAULT_OUTPUT, new_tokenizer_and_config
 
+NORBERT4_OUTPUT = "checkpoints/norbert4"
+FAMILY_NAMES = {"ltg-bert": "LTG-BERT", "norbert4": "NorBERT4"}
+
 
 def run_hybrid(args, objective: str) -> int:
     from transformers import set_seed
@@ -30,17 +35,19 @@ def run_hybrid(args, objective: str) -> int:
     )
     from ..hybrid_training import (
         HybridTrainer,
-        HybridTrainingModel,
         MaskingScheduleCallback,
         evaluate_hybrid,
         export_model,
+        training_model_class,
     )
     from ..tokenization import check_tokenizer_fits, load_tokenizer
     from ..training import TimeLimitCallback
     from .pretrain import documents
 
     started = time.time()
-    ratio = 1.0 if objective == "causal" else (DEFAULT_CAUSAL_RATIO if args.causal_ratio is None else args.causal_ratio)
+    ratio = {"causal": 1.0, "masked": 0.0}.get(
+        objective, DEFAULT_CAUSAL_RATIO if args.causal_ratio is None else args.causal_ratio)
+    training_model = training_model_class(args.arch)
     mask_start = DEFAULT_MASK_RATE_START if args.mask_rate_start is None else args.mask_rate_start
     mask_end = DEFAULT_MASK_RATE_END if args.mask_rate_end is None else args.mask_rate_end
     span = DEFAULT_MAX_SPAN_LENGTH if args.max_span_length is None else args.max_span_length
@@ -51,17 +58,19 @@ def run_hybrid(args, objective: str) -> int:
     if span < 1:
         raise ValueError(f"--max-span-length {span} must be at least 1 (GPT-BERT: {DEFAULT_MAX_SPAN_LENGTH}).")
     if args.output == GPT_DEFAULT_OUTPUT:
-        args.output = DEFAULT_OUTPUT
+        args.output = NORBERT4_OUTPUT if args.arch == "norbert4" else DEFAULT_OUTPUT
     _training.check_output_option(args, args.init_from)
     set_seed(args.seed)
     train_docs, valid_docs, source = documents(args)
 
     if args.init_from:
         tokenizer = load_tokenizer(args.tokenizer or args.init_from)
-        model = HybridTrainingModel.from_pretrained(args.init_from)
+        model = training_model.from_pretrained(args.init_from)
     else:
         tokenizer, config = new_tokenizer_and_config(args, train_docs)
-        model = HybridTrainingModel(config)
+        if args.arch == "norbert4":
+            config = norbert4_config(args, config)
+        model = training_model(config)
     check_tokenizer_fits(tokenizer, model.config)
 
     train_set = HybridDataset(train_docs, tokenizer, args.max_length, source=source)
@@ -82,9 +91,11 @@ def run_hybrid(args, objective: str) -> int:
     )
     if trainer.is_world_process_zero():
         n_params = sum(p.numel() for p in model.parameters())
-        what = "causal LM" if objective == "causal" else (
-            f"hybrid LM ({ratio:.4g} of batches causal, spans of 1-{span} masked at {mask_start:g} -> {mask_end:g})")
-        print(f"pretraining LTG-BERT ({n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}) as a {what} "
+        spans = f"spans of 1-{span} masked at {mask_start:g} -> {mask_end:g}"
+        what = {"causal": "causal LM", "masked": f"masked LM ({spans})"}.get(
+            objective, f"hybrid LM ({ratio:.4g} of batches causal, {spans})")
+        print(f"pretraining {FAMILY_NAMES[args.arch]} ({n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}) "
+              f"as a {what} "
               f"on {source}: {len(train_set.token_ids):,} training tokens in {len(train_set)} windows of "
               f"{args.max_length}, {len(valid_set.token_ids):,} validation tokens", flush=True)
     _training.train(trainer, args)
@@ -99,6 +110,27 @@ def run_hybrid(args, objective: str) -> int:
         print(f"wrote {Path(written).resolve()}", flush=True)
         print(f"curves: {_training.work_dir(args) / 'training_curves.png'}; total time {time.time() - started:.0f} s")
     return 0
+
+
+def norbert4_config(args, ltg_bert_config):
+    """A NorBERT4 config sized by the command's options, with the special tokens of `ltg_bert_config`
+    (made for the same tokenizer). The release's windows, rotary bases and layer pattern; the
+    feed-forward 2.6 x hidden (1664 at 640, as NorBERT4-base); heads of hidden / --num-heads features."""
+    from ..norbert4 import Norbert4Config
+
+    head_size = args.hidden_size // args.num_heads
+    if head_size < 2 or head_size % 2 or head_size * args.num_heads != args.hidden_size:
+        raise ValueError(f"--hidden-size {args.hidden_size} / --num-heads {args.num_heads} must be an even whole "
+                         "number of features per head (rotary positions rotate pairs): NorBERT4-base has 640 / 10.")
+    special = {name: getattr(ltg_bert_config, name) for name in
+               ("pad_token_id", "unk_token_id", "bos_token_id", "eos_token_id", "mask_token_id")}
+    return Norbert4Config(
+        vocab_size=ltg_bert_config.vocab_size, hidden_size=args.hidden_size,
+        intermediate_size=8 * round(2.6 * args.hidden_size / 8), num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads, query_key_head_size=head_size, value_head_size=head_size,
+        max_position_embeddings=args.max_length, embedding_dropout=args.dropout, attention_dropout=args.dropout,
+        hidden_dropout=args.dropout, **special,
+    )
 
 
 def summary(results: dict, train_ids, tokenizer) -> str:

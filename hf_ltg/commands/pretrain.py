@@ -7,7 +7,7 @@ checkpoints/main-job, with validation perplexity next to a unigram baseline and 
 
 from . import _training
 
-ARCHITECTURES = ["gpt", "ltg-bert", "ltg_bert"]
+ARCHITECTURES = ["gpt", "ltg-bert", "ltg_bert", "norbert4"]
 OBJECTIVES = ("hybrid", "masked", "causal")  # hf_ltg.data.hybrid.OBJECTIVES, without importing torch here
 SAMPLE_PROMPTS = ["The for statement is used to", "An exception is raised when"]
 
@@ -21,12 +21,14 @@ def add_parser(subparsers):
     )
     parser.add_argument("--arch", "--family", dest="arch", choices=ARCHITECTURES, default="gpt",
                         help="model family (default: %(default)s); ltg-bert (or ltg_bert) trains LTG-BERT with a "
-                             "WordPiece tokenizer, written to checkpoints/ltg-bert unless --output is given")
+                             "WordPiece tokenizer, written to checkpoints/ltg-bert unless --output is given; norbert4 "
+                             "trains NorBERT4 (LTG's GPT-BERT of 2025) the same way, to checkpoints/norbert4")
     # --objective and --causal-ratio are checked in run(), so that a bad value is a one-line error
     # (argparse's own would print the whole usage first).
     parser.add_argument("--objective", metavar="{" + ",".join(OBJECTIVES) + "}",
                         help="ltg-bert: masked (LTG-BERT, the default), causal, or hybrid (GPT-BERT: masked and causal "
-                             "batches, span masking, next-token targets in both modes); gpt: causal only")
+                             "batches, span masking, next-token targets in both modes); norbert4: hybrid (the "
+                             "default), masked (span masking only) or causal; gpt: causal only")
     parser.add_argument("--causal-ratio", metavar="R",
                         help="hybrid: share of causal batches, in [0, 1] (default: 1/16, GPT-BERT's 15 masked GPUs "
                              "of 16)")
@@ -80,7 +82,11 @@ MASKED_OPTIONS = {"masking": "whole-word", "mlm_probability": 0.15}  # option ->
 # What masks instead, by objective, for the message that refuses a masked-objective option.
 MASKING_OF = {"hybrid": "the hybrid objective masks spans at --mask-rate-start -> --mask-rate-end "
                         "(spans of 1..--max-span-length tokens)",
-              "causal": "the causal objective masks nothing"}
+              "causal": "the causal objective masks nothing",
+              "norbert4": "NorBERT4's objectives mask spans at --mask-rate-start -> --mask-rate-end (spans of "
+                          "1..--max-span-length tokens)"}
+# What NorBERT4's masked objective takes of the hybrid options (it masks spans as the hybrid one does).
+SPAN_OPTIONS = ("mask_rate_start", "mask_rate_end", "max_span_length")
 
 
 def check_objective(args) -> str:
@@ -88,13 +94,16 @@ def check_objective(args) -> str:
     args.arch = args.arch.replace("_", "-")
     if args.objective is not None and args.objective not in OBJECTIVES:
         raise ValueError(f"--objective {args.objective} is unknown; use one of {', '.join(OBJECTIVES)} "
-                         "(hybrid and masked need --family ltg_bert).")
+                         "(hybrid and masked need --family ltg_bert or norbert4).")
     if args.causal_ratio is not None:
         args.causal_ratio = _ratio(args.causal_ratio)
-    objective = args.objective or ("masked" if args.arch == "ltg-bert" else "causal")
+    objective = args.objective or {"ltg-bert": "masked", "norbert4": "hybrid"}.get(args.arch, "causal")
     if args.arch == "gpt" and objective != "causal":
-        raise ValueError(f"--objective {objective} needs --family ltg_bert; GPT trains the causal objective only.")
-    given = [name for name in HYBRID_OPTIONS if getattr(args, name) is not None]
+        raise ValueError(f"--objective {objective} needs --family ltg_bert or norbert4; GPT trains the causal "
+                         "objective only.")
+    spans_allowed = args.arch == "norbert4" and objective == "masked"
+    given = [name for name in HYBRID_OPTIONS if getattr(args, name) is not None
+             and not (spans_allowed and name in SPAN_OPTIONS)]
     if given and objective != "hybrid":
         option = "--" + given[0].replace("_", "-")
         raise ValueError(f"{option} applies to --objective hybrid only (this run: {objective}); drop it or add "
@@ -102,11 +111,13 @@ def check_objective(args) -> str:
     for name, default in MASKED_OPTIONS.items():
         if getattr(args, name) is None:
             setattr(args, name, default if objective == "masked" else None)
-        elif objective != "masked":
+        elif objective != "masked" or args.arch == "norbert4":
+            masking = MASKING_OF["norbert4" if args.arch == "norbert4" and objective != "causal" else objective]
             raise ValueError(f"--{name.replace('_', '-')} applies to --family ltg_bert --objective masked only; "
-                             f"{MASKING_OF[objective]}: drop it.")
+                             f"{masking}: drop it.")
     if args.stride is not None and args.arch != "gpt":
-        raise ValueError(f"--stride {args.stride} applies to GPT's training windows only; LTG-BERT's {objective} "
+        family = "NorBERT4" if args.arch == "norbert4" else "LTG-BERT"
+        raise ValueError(f"--stride {args.stride} applies to GPT's training windows only; {family}'s {objective} "
                          "windows do not overlap (each starts with [CLS] where the previous one ended): drop it.")
     return objective
 
@@ -150,7 +161,7 @@ def run(args) -> int:
         from ._pretrain_ltg_bert import run_masked_lm
 
         return run_masked_lm(args)
-    if args.arch == "ltg-bert":
+    if args.arch in ("ltg-bert", "norbert4"):
         from ._pretrain_hybrid import run_hybrid
 
         return run_hybrid(args, objective)

@@ -654,13 +654,16 @@ class Norbert4ForSequenceClassification(Norbert4PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
-        r"""labels: [B] class ids (or floats for regression / [B, num_labels] for multi-label)."""
+                labels=None, past_key_values=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, cache=None, **kwargs):
+        r"""labels: [B] class ids (or floats for regression / [B, num_labels] for multi-label).
+        past_key_values: peft's prefix tuning hands its prefix here (named, so that peft calls this
+            forward and not the base model with a pooler of its own guessing)."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.norbert4(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-            **kwargs,
+            past_key_values=past_key_values, cache=cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True, **kwargs,
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0])
         loss = None
