@@ -319,17 +319,17 @@ def test_int8_inference_runs_on_gpt_and_is_refused_on_ltg_bert():
 
 def test_cuda_paths_leave_the_cpu_kernels_alone():
     """On the GPU, the CPU speed paths (oneDNN linears, 16-bit dropout masks, fp32 products for
-    emulated 16-bit autocast) must not be taken: Linear is F.linear, dropout is F.dropout."""
+    emulated 16-bit autocast) must not be taken: `linear` is F.linear, dropout is F.dropout."""
     from hf_ltg.gpt import kernels_ltg_gpt as kernels
 
     if DEVICE != "cuda":
         pytest.skip("on CPU these paths are meant to be taken")
-    linear = kernels.Linear(16, 8).to(DEVICE)
+    linear = torch.nn.Linear(16, 8).to(DEVICE)
     x = torch.randn(5, 16, device=DEVICE)
-    assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+    assert torch.equal(kernels.linear(linear, x), F.linear(x, linear.weight, linear.bias))
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert not kernels.emulated_16bit_autocast(DEVICE)
-        assert torch.equal(linear(x), F.linear(x, linear.weight, linear.bias))
+        assert torch.equal(kernels.linear(linear, x), F.linear(x, linear.weight, linear.bias))
     torch.manual_seed(3)
     want = F.dropout(x, 0.5, training=True)
     torch.manual_seed(3)

@@ -56,10 +56,10 @@ def test_a_kernel_that_computes_wrong_numbers_fails_its_probe(monkeypatch):
     monkeypatch.setattr(kernels, "_PROBED", {})
     monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", lambda x, w, b, *args: torch.zeros(*x.shape[:-1], w.shape[0]))
     assert not kernels.onednn_linear_works(torch.float32)
-    layer = kernels.Linear(24, 10)
+    layer = torch.nn.Linear(24, 10)
     x = torch.randn(3, 24)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias))
 
 
 def test_a_kernel_error_after_the_probe_falls_back_and_turns_the_path_off(monkeypatch):
@@ -71,11 +71,11 @@ def test_a_kernel_error_after_the_probe_falls_back_and_turns_the_path_off(monkey
 
     monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", failing)
     monkeypatch.setattr(kernels, "_PROBED", {("onednn_linear", torch.float32): True})
-    layer = kernels.Linear(24, 10)
+    layer = torch.nn.Linear(24, 10)
     x = torch.randn(3, 24)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias))
     assert calls == [1]  # tried once, then the plain op only
     assert kernels._PROBED[("onednn_linear", torch.float32)] is False
 
@@ -90,17 +90,17 @@ def test_fp32_products_for_emulated_bf16_match_the_bf16_linear(mode, monkeypatch
     operands: forward and gradients are the bf16 F.linear's up to summation order."""
     monkeypatch.setattr(kernels, "_PROBED", {("native_16bit_matmul", torch.bfloat16): False})
     torch.manual_seed(0)
-    ours, reference = kernels.Linear(40, 24), torch.nn.Linear(40, 24)
+    ours, reference = torch.nn.Linear(40, 24), torch.nn.Linear(40, 24)
     reference.load_state_dict(ours.state_dict())
     if mode == "bf16 weights":
         ours, reference = ours.bfloat16(), reference.bfloat16()
     x = torch.randn(2, 16, 40, dtype=torch.bfloat16 if mode == "bf16 weights" else torch.float32)
     grad_out = torch.randn(2, 16, 24, dtype=torch.bfloat16)
     results = []
-    for module in (ours, reference):
+    for module, forward in ((ours, kernels.linear), (reference, lambda module, x: module(x))):
         inputs = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
-            out = module(inputs)
+            out = forward(module, inputs)
         out.backward(grad_out)
         results.append((out, inputs.grad, module.weight.grad, module.bias.grad))
     for got, want in zip(*results):
@@ -113,11 +113,11 @@ def test_few_row_bf16_products_keep_the_bf16_op_where_it_is_emulated(monkeypatch
     monkeypatch.setattr(kernels, "_PROBED", {("native_16bit_matmul", torch.bfloat16): False})
     used = []
     monkeypatch.setattr(kernels._Fp32ProductLinearFunction, "apply", lambda *a: used.append(1) or F.linear(*a))
-    layer = kernels.Linear(40, 24).bfloat16()
+    layer = torch.nn.Linear(40, 24).bfloat16()
     with torch.no_grad():
-        layer(torch.randn(1, 1, 40, dtype=torch.bfloat16))
+        kernels.linear(layer, torch.randn(1, 1, 40, dtype=torch.bfloat16))
         assert not used
-        layer(torch.randn(1, 64, 40, dtype=torch.bfloat16))
+        kernels.linear(layer, torch.randn(1, 64, 40, dtype=torch.bfloat16))
         assert used
 
 

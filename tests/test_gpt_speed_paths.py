@@ -140,11 +140,11 @@ def test_generate_with_static_cache_matches_dynamic_cache(padded):
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
 def test_onednn_inference_linear_matches_f_linear(dtype, atol):
     torch.manual_seed(0)
-    layer = kernels.Linear(48, 80).to(dtype)
+    layer = nn.Linear(48, 80).to(dtype)
     for shape in [(1, 48), (3, 1, 48), (2, 7, 48)]:
         x = torch.randn(shape, dtype=dtype)
         with torch.no_grad():
-            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
+            torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
 
 
 def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
@@ -159,21 +159,29 @@ def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
     monkeypatch.setattr(kernels, "_PROBED", {(name, torch.float32): True for name in ("onednn_linear", "onednn_training_linear")}
                         | {("native_16bit_matmul", torch.bfloat16): True, ("onednn_linear", torch.bfloat16): False})
     monkeypatch.setattr(kernels, "onednn_gradients_are_faster", lambda: True)  # as with AVX-512
-    layer = kernels.Linear(8, 4)
+    layer = nn.Linear(8, 4)
     x = torch.randn(2, 8)
     with torch.no_grad():
-        layer(x)
+        kernels.linear(layer, x)
     assert calls == [(2, 8)]
-    layer(x).sum().backward()  # fp32 training: forward and the weight gradient (x needs none)
+    kernels.linear(layer, x).sum().backward()  # fp32 training: forward and the weight gradient (x needs none)
     assert calls == [(2, 8), (2, 8), (4, 2)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer(x).dtype == torch.bfloat16  # autocast decides the dtype, as for nn.Linear
+        assert kernels.linear(layer, x).dtype == torch.bfloat16  # autocast decides the dtype, as for nn.Linear
         with torch.no_grad():
-            layer(x)
-    layer.bfloat16()(x.bfloat16().requires_grad_())  # bf16 training: F.linear
+            kernels.linear(layer, x)
+    kernels.linear(layer.bfloat16(), x.bfloat16().requires_grad_())  # bf16 training: F.linear
     with torch.no_grad():
-        layer.double()(x.double())  # a dtype oneDNN's path does not take
+        kernels.linear(layer.double(), x.double())  # a dtype oneDNN's path does not take
     assert len(calls) == 3
+    hook = layer.float().register_forward_hook(lambda *args: None)
+    with torch.no_grad():
+        kernels.linear(layer, x)  # hooked (llm-compressor, accelerate): the module's own forward
+    hook.remove()
+    assert len(calls) == 3
+    with torch.no_grad():
+        kernels.linear(layer, x)
+    assert len(calls) == 4
 
 
 @pytest.mark.skipif(kernels._ONEDNN_LINEAR is None, reason="this torch build has no oneDNN linear")
@@ -182,17 +190,17 @@ def test_onednn_linear_serves_inference_and_fp32_training_only(monkeypatch):
 def test_onednn_training_linear_gradients_match_f_linear(trainable, gradients, monkeypatch):
     monkeypatch.setattr(kernels, "onednn_gradients_are_faster", lambda: gradients == "oneDNN")
     torch.manual_seed(0)
-    layer = kernels.Linear(48, 80)
+    layer = nn.Linear(48, 80)
     reference = nn.Linear(48, 80)
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(2, 7, 48)
     grad_out = torch.randn(2, 7, 80)
     results = []
-    for module in (layer, reference):
+    for module, forward in ((layer, kernels.linear), (reference, lambda module, x: module(x))):
         module.weight.requires_grad_(trainable == "all")
         module.bias.requires_grad_(trainable != "input only")
         inputs = x.clone().requires_grad_(trainable in ("all", "input and bias", "input only"))
-        out = module(inputs)
+        out = forward(module, inputs)
         out.backward(grad_out)
         results.append((out, inputs.grad, module.weight.grad, module.bias.grad))
     for got, want in zip(*results):
@@ -224,21 +232,21 @@ def test_packed_weight_matches_f_linear_and_follows_weight_changes(dtype, atol):
     """Where packing passed its probe, the reordered copy is used and remade on weight changes;
     where it did not (bf16 on an AVX2-only CPU), the same layer gives F.linear's results unpacked."""
     torch.manual_seed(0)
-    layer = kernels.Linear(48, 80).to(dtype)
-    layer.pack_weight = True
+    layer = nn.Linear(48, 80).to(dtype)
+    kernels.pack_cpu_weights(layer)
     packs = kernels.onednn_packing_works(dtype)
     with torch.no_grad():
         for shape in [(1, 48), (5, 48), (2, 7, 48)]:
             x = torch.randn(shape, dtype=dtype)
-            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
-        assert (layer in kernels._PACKED_WEIGHTS) == packs
+            torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
+        assert (kernels._PACKED_WEIGHTS[layer] is not None) == packs
         packed = kernels._PACKED_WEIGHTS[layer][1] if packs else None
         layer.weight.mul_(-2.0)  # an in-place change (an optimizer step, load_state_dict) is seen
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=2 * atol, rtol=0)
+        torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias), atol=2 * atol, rtol=0)
         if packs:
             assert kernels._PACKED_WEIGHTS[layer][1] is not packed
         layer.weight = nn.Parameter(torch.randn(80, 48, dtype=dtype))  # so is a new tensor
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
+        torch.testing.assert_close(kernels.linear(layer, x), F.linear(x, layer.weight, layer.bias), atol=atol, rtol=0)
 
 
 @needs_packing
@@ -248,7 +256,7 @@ def test_pack_cpu_weights_keeps_decoding_and_frees_the_copies():
     ids = torch.randint(0, VOCAB, (2, 5))
     settings = dict(max_new_tokens=20, do_sample=False, pad_token_id=0)
     plain = ours.generate(ids, **settings)
-    linears = [m for m in ours.modules() if isinstance(m, kernels.Linear)]
+    linears = [m for m in ours.modules() if type(m) is nn.Linear]
     assert ours.pack_cpu_weights() is ours
     packed = ours.generate(ids, **settings)
     assert torch.equal(packed, plain)
@@ -321,7 +329,16 @@ def test_compiled_training_step_fullgraph_matches_eager_with_dropout(dtype, tole
 def test_linear_under_torch_func_transforms():
     """torch.func.grad and vmap see plain F.linear (an autograd.Function would need vmap rules)."""
     torch.manual_seed(0)
-    layer = kernels.Linear(6, 3)
+
+    class Layer(nn.Module):  # calls its nn.Linear as the GPT blocks do
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return kernels.linear(self.proj, x)
+
+    layer = Layer()
     params = {name: p.detach() for name, p in layer.named_parameters()}
     x = torch.randn(5, 6)
 
@@ -330,6 +347,6 @@ def test_linear_under_torch_func_transforms():
 
     grads = torch.func.grad(loss)(params, x)
     per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x[:, None])
-    torch.testing.assert_close(per_sample["weight"].sum(0), grads["weight"], atol=1e-5, rtol=1e-5)
-    want = torch.autograd.grad(loss(dict(layer.named_parameters()), x), layer.weight)[0]
-    torch.testing.assert_close(grads["weight"], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(per_sample["proj.weight"].sum(0), grads["proj.weight"], atol=1e-5, rtol=1e-5)
+    want = torch.autograd.grad(loss(dict(layer.named_parameters()), x), layer.proj.weight)[0]
+    torch.testing.assert_close(grads["proj.weight"], want, atol=1e-5, rtol=1e-5)

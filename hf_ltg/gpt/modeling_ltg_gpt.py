@@ -7,6 +7,9 @@ LayerNorm and an LM head tied to the token embedding: GPT-2 exactly, with a fuse
 The file reads as the model: attention, MLP, block, model, heads. Its CPU speed paths (oneDNN
 products, 16-bit dropout masks, the chunked loss) live in `kernels_ltg_gpt.py`, each probed on the
 machine before use and with the plain op as its fallback; int8 layers live in `int8_ltg_gpt.py`.
+The linear layers are plain `nn.Linear` modules, which quantizers (bitsandbytes, quanto,
+llm-compressor) and adapters find by type; the model calls them as `linear(layer, x)`, which is
+`layer(x)` with the CPU fast path for an unwrapped, unhooked layer.
 The three files are copied into every checkpoint next to `configuration_ltg_gpt.py`: they import
 only torch, transformers and each other, never hf_ltg.
 """
@@ -36,10 +39,10 @@ from .configuration_ltg_gpt import LtgGptConfig
 from .int8_ltg_gpt import quantize_linear_layers_
 from .kernels_ltg_gpt import (
     Dropout,
-    Linear,
     chunked_causal_lm_loss,
     emulated_16bit_autocast,
     fast_dropout,
+    linear,
     pack_cpu_weights,
 )
 
@@ -128,8 +131,8 @@ class LtgGptAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.qkv_proj = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.out_proj = Linear(config.hidden_size, config.hidden_size)
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.resid_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
@@ -137,7 +140,7 @@ class LtgGptAttention(nn.Module):
         # Heads as -1 and the split as a literal triple: under tensor parallelism (transformers'
         # tp_plan, vLLM's packed-QKV fusion) this rank holds only some heads of each projection.
         width = self.config.hidden_size
-        query, key, value = self.qkv_proj(hidden_states).split((width, width, width), dim=-1)
+        query, key, value = linear(self.qkv_proj, hidden_states).split((width, width, width), dim=-1)
         query, key, value = (x.view(batch, length, -1, self.head_dim).transpose(1, 2) for x in (query, key, value))
         # each (B, nh, T, hs)
         if past_key_values is not None:
@@ -167,22 +170,22 @@ class LtgGptAttention(nn.Module):
             output, weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=attention_dropout, scaling=self.scaling, **kwargs
             )
-        output = self.resid_dropout(self.out_proj(output.reshape(batch, length, -1)))
+        output = self.resid_dropout(linear(self.out_proj, output.reshape(batch, length, -1)))
         return output, weights
 
 
 class LtgGptMLP(nn.Module):
     def __init__(self, config: LtgGptConfig):
         super().__init__()
-        self.fc_in = Linear(config.hidden_size, config.intermediate_size)
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         # GPT-2's "gelu_new" is the tanh approximation of GELU: the fused kernel computes the same
         # function in one pass (transformers' NewGELUActivation takes eight, and saves their outputs).
         self.act = ACT2FN["gelu_pytorch_tanh" if config.activation == "gelu_new" else config.activation]
-        self.fc_out = Linear(config.intermediate_size, config.hidden_size)
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states):
-        return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
+        return self.dropout(linear(self.fc_out, self.act(linear(self.fc_in, hidden_states))))
 
 
 class LtgGptBlock(GradientCheckpointingLayer):
@@ -419,7 +422,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
     def __init__(self, config: LtgGptConfig):
         super().__init__(config)
         self.transformer = LtgGptModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -481,7 +484,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
                 hidden_states = hidden_states[:, keep]
             else:
                 hidden_states = hidden_states[:, logits_to_keep]
-            logits = self.lm_head(hidden_states)
+            logits = linear(self.lm_head, hidden_states)
             loss = None
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -504,7 +507,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             self.training
             and isinstance(logits_to_keep, int)
             and logits_to_keep == 0
-            and type(head) is Linear
+            and type(head) is nn.Linear
             and head.bias is None
             and not (head._forward_hooks or head._forward_pre_hooks or "forward" in head.__dict__)
         )

@@ -448,11 +448,17 @@ class LtgBertModel(LtgBertPreTrainedModel):
         all_attentions = () if output_attentions else None
         depth_history = (hidden_states,) if self.config.layer_weighting else ()
         for layer in self.layers:
-            hidden_states, probs, *new_states = layer(
-                hidden_states, relative_embedding, position_buckets, *depth_history, attention_mask=keep,
-                past_key_values=past_key_values, output_attentions=output_attentions, **kwargs,
-            )
-            depth_history += tuple(new_states)
+            # No starred assignment targets, and starred arguments only with layer weighting:
+            # llm-compressor's source tracer (GPTQ) wraps starred tuples and calls into opaque
+            # functions, and a wrapped assignment target is a SyntaxError ("cannot assign to
+            # function call"); under torch.fx the layer's output is a proxy, indexed, never unpacked.
+            options = dict(attention_mask=keep, past_key_values=past_key_values, output_attentions=output_attentions)
+            if self.config.layer_weighting:
+                outputs = layer(hidden_states, relative_embedding, position_buckets, *depth_history, **options, **kwargs)
+                depth_history += (outputs[2], outputs[3])
+            else:
+                outputs = layer(hidden_states, relative_embedding, position_buckets, **options, **kwargs)
+            hidden_states, probs = outputs[0], outputs[1]
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
