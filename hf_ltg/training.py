@@ -390,6 +390,18 @@ class LtgTrainer(Trainer):
             self._full_model_step = self.state.global_step
         return self._full_model
 
+    def _issue_warnings_after_load(self, load_result):
+        # A checkpoint holds tied weights once (safetensors stores no shared tensors), so a resumed run
+        # would warn that the twin (LTG-BERT's lm_head.decoder.weight) is missing, although loading
+        # the other name filled the one parameter both names share.
+        parameters = dict(self.model.named_parameters(remove_duplicate=False))
+        missing = set(load_result.missing_keys)
+        loaded = {id(p) for name, p in parameters.items() if name not in missing}
+        really_missing = [k for k in load_result.missing_keys if k not in parameters or id(parameters[k]) not in loaded]
+        if hasattr(load_result, "_replace"):
+            load_result = load_result._replace(missing_keys=really_missing)
+        super()._issue_warnings_after_load(load_result)
+
     def evaluation_loop(self, *args, **kwargs):
         output = super().evaluation_loop(*args, **kwargs)
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")

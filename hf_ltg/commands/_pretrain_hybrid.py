@@ -60,6 +60,7 @@ def run_hybrid(args, objective: str) -> int:
     if args.output == GPT_DEFAULT_OUTPUT:
         args.output = NORBERT4_OUTPUT if args.arch == "norbert4" else DEFAULT_OUTPUT
     _training.check_output_option(args, args.init_from)
+    _training.resume_checkpoint(args)
     set_seed(args.seed)
     train_docs, valid_docs, source = documents(args)
 
@@ -72,6 +73,7 @@ def run_hybrid(args, objective: str) -> int:
             config = norbert4_config(args, config)
         model = training_model(config)
     check_tokenizer_fits(tokenizer, model.config)
+    _training.check_resumable(args, model.config)
 
     train_set = HybridDataset(train_docs, tokenizer, args.max_length, source=source)
     valid_set = HybridDataset(valid_docs, tokenizer, args.max_length, source=f"the validation part of {source}")

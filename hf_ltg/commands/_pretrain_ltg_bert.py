@@ -32,6 +32,7 @@ def run_masked_lm(args) -> int:
     if args.output == GPT_DEFAULT_OUTPUT:
         args.output = DEFAULT_OUTPUT
     _training.check_output_option(args, args.init_from)
+    _training.resume_checkpoint(args)
     train_docs, valid_docs, source = documents(args)
 
     if args.init_from:
@@ -41,6 +42,7 @@ def run_masked_lm(args) -> int:
         tokenizer, config = new_tokenizer_and_config(args, train_docs)
         model = LtgBertForMaskedLM(config)
     check_tokenizer_fits(tokenizer, model.config)
+    _training.check_resumable(args, model.config)
 
     train_set = MaskedLanguageModelingDataset(train_docs, tokenizer, args.max_length, source=source)
     valid_set = MaskedLanguageModelingDataset(valid_docs, tokenizer, args.max_length,
@@ -84,13 +86,16 @@ def run_masked_lm(args) -> int:
 
 
 def new_tokenizer_and_config(args, train_docs):
-    """(tokenizer, LtgBertConfig) for a model trained from scratch: --tokenizer, or WordPiece trained on
-    the main process and shared with the others, and a config sized by the command's options."""
+    """(tokenizer, LtgBertConfig) for a model trained from scratch: --tokenizer, the checkpoint's with
+    --resume, or WordPiece trained on the main process and shared with the others, and a config sized
+    by the command's options."""
     from ..ltg_bert import LtgBertConfig
     from ..tokenization import load_tokenizer, train_tokenizer
 
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
+    elif args.resume:
+        tokenizer = _training.resumed_tokenizer(args)
     else:
         tokenizer = _training.made_on_main_process(lambda: train_tokenizer(
             iterator=train_docs, vocab_size=args.vocab_size, kind="wordpiece", model_max_length=args.max_length))

@@ -8,16 +8,19 @@ from ._output import OVERWRITE_HELP, check_output
 from ._precision import add_training_precision_options, note_if_emulated, training_dtype
 
 
-def add_training_options(parser, *, output: str, max_length: int, epochs: float, batch_size: int,
+def add_training_options(parser, *, output: str, max_length: int | None, epochs: float, batch_size: int,
                          learning_rate: float, eval_steps: int, logging_steps: int = 10, max_steps: int = -1,
-                         time_limit: float | None = None, fsdp: bool = False):
+                         time_limit: float | None = None, fsdp: bool = False, max_length_default: str = "%(default)s"):
+    """The options every training command shares. `max_length_default` describes a default that
+    the command works out itself (max_length None)."""
     group = parser.add_argument_group("training")
     group.add_argument("--output", default=output, help="final checkpoint folder, written atomically: new, empty or "
                                                          "(with --overwrite) a previous checkpoint (default: %(default)s)")
     group.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     group.add_argument("--work-dir", help="Trainer folder for intermediate checkpoints and curves "
                                           "(default: runs/<name of --output>)")
-    group.add_argument("--max-length", type=int, default=max_length, help="tokens per example (default: %(default)s)")
+    group.add_argument("--max-length", type=int, default=max_length,
+                       help=f"tokens per example (default: {max_length_default})")
     group.add_argument("--epochs", type=float, default=epochs, help="default: %(default)s")
     group.add_argument("--max-steps", type=int, default=max_steps,
                        help="optimizer steps; overrides --epochs when > 0 (default: %(default)s)")
@@ -127,27 +130,74 @@ def callbacks(args) -> list:
     return []
 
 
-def train(trainer, args):
-    """Run `trainer.train`, resuming with --resume from the work folder's last complete checkpoint
-    (incomplete ones are named and skipped)."""
-    from ..training import checkpoint_problem, checkpoints_by_step
+def resume_checkpoint(args) -> Path | None:
+    """With --resume, the work folder's last complete checkpoint (incomplete ones are named and
+    skipped), looked up once, before any work; None without --resume."""
+    if not getattr(args, "resume", False):
+        return None
+    if getattr(args, "resume_from", None) is None:
+        from ..training import checkpoint_problem, checkpoints_by_step
 
-    resume = None
-    if args.resume:
         folder = work_dir(args)
         for checkpoint in reversed(checkpoints_by_step(folder) if folder.is_dir() else []):
             problem = checkpoint_problem(checkpoint)
             if problem is None:
-                resume = str(checkpoint)
+                args.resume_from = Path(checkpoint)
                 break
-            if trainer.is_world_process_zero():
+            if os.environ.get("RANK", "0") == "0":
                 print(f"--resume: skipping the incomplete {checkpoint} ({problem})", flush=True)
-        if resume is None:
+        else:
             raise FileNotFoundError(f"--resume: no complete checkpoint-* folder in {folder} to resume from; "
                                     "run without --resume.")
-        if trainer.is_world_process_zero():
-            print(f"resuming from {resume}", flush=True)
-    return trainer.train(resume_from_checkpoint=resume)
+    return args.resume_from
+
+
+# Config sizes a resumed run must share with its checkpoint -> the option that sets them.
+RESUMED_SIZES = {
+    "vocab_size": "the tokenizer (--vocab-size, --tokenizer)",
+    "hidden_size": "--hidden-size",
+    "num_hidden_layers": "--num-layers",
+    "num_attention_heads": "--num-heads",
+    "intermediate_size": "--hidden-size",
+    "max_position_embeddings": "--max-length",
+}
+
+
+def check_resumable(args, config, set_by: str | None = None) -> None:
+    """Refuse --resume, before any work, when this run's model (`config`) is not the size of the
+    checkpoint it would resume: the weights would not load. `set_by` names the option that sizes
+    the model when it is not the pretraining options (`RESUMED_SIZES`), e.g. "--model"."""
+    checkpoint = resume_checkpoint(args)
+    if checkpoint is None or not (checkpoint / "config.json").is_file():  # an adapter: sized by its base
+        return
+    saved = json.loads((checkpoint / "config.json").read_text())
+    differences = [f"{name} {saved[name]} there, {getattr(config, name)} here ({set_by or option})"
+                   for name, option in RESUMED_SIZES.items()
+                   if name in saved and getattr(config, name, saved[name]) != saved[name]]
+    if differences:
+        raise ValueError(f"--resume: {checkpoint} holds a model of other sizes than this run's options make: "
+                         f"{'; '.join(differences)}. Resume with the options of the interrupted run, or start anew "
+                         "without --resume (or with another --work-dir).")
+
+
+def resumed_tokenizer(args):
+    """The tokenizer of the checkpoint --resume continues (the run trained it or took it from
+    --tokenizer; training one again may give another vocabulary), else None."""
+    checkpoint = resume_checkpoint(args)
+    if checkpoint is None:
+        return None
+    from ..tokenization import load_tokenizer
+
+    return load_tokenizer(checkpoint)
+
+
+def train(trainer, args):
+    """Run `trainer.train`, resuming with --resume from the work folder's last complete checkpoint
+    (incomplete ones are named and skipped)."""
+    resume = resume_checkpoint(args)
+    if resume is not None and trainer.is_world_process_zero():
+        print(f"resuming from {resume}", flush=True)
+    return trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
 
 
 def report_losses(trainer) -> Path:
@@ -204,3 +254,28 @@ def load_checkpoint_tokenizer(model_dir):
             f"No checkpoint folder at {model_dir}; train one with `hf-ltg pretrain` or pass --model FOLDER."
         )
     return load_tokenizer(model_dir)
+
+
+# Head-class suffixes of the checkpoints that score and generate text (a language-model head).
+LANGUAGE_MODEL_HEADS = ("ForCausalLM", "LMHeadModel", "ForMaskedLM")
+
+
+def check_language_model(model_dir, command: str) -> None:
+    """Refuse, in one line before any work, a folder that `hf-ltg command` cannot score or generate
+    with: an ONNX export (no PyTorch weights) or a classifier (its language-model head never trained)."""
+    from ..hub.sources import WEIGHT_FILES
+
+    folder = Path(model_dir)
+    if (folder / "model.onnx").is_file() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"{folder} is an ONNX export (model.onnx, no PyTorch weights), which hf-ltg {command} "
+                         "cannot load; give the checkpoint it was exported from, or run it with onnxruntime "
+                         "(optimum's ORTModelForCausalLM).")
+    config = folder / "config.json"
+    if not config.is_file():
+        return
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    if architectures and not any(name.endswith(LANGUAGE_MODEL_HEADS) for name in architectures):
+        raise ValueError(f"{folder} is a {architectures[0]} checkpoint, a classifier: its language-model head was "
+                         f"never trained, so hf-ltg {command} would read nonsense from it; give a causal or masked "
+                         "language-model checkpoint (e.g. the one it was fine-tuned from).")
+

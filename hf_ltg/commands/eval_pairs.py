@@ -31,9 +31,10 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..minimal_pairs import MODES, SHIPPED_PAIRS, default_modes, evaluate, format_table, read_pairs
     from ..progress import progress_bar
-    from ._training import load_checkpoint_tokenizer
+    from ._training import check_language_model, load_checkpoint_tokenizer
 
     output = _check_output(args.output)
+    check_language_model(args.model, "eval-pairs")
     tokenizer = load_checkpoint_tokenizer(args.model)
     pairs = read_pairs(args.files or [SHIPPED_PAIRS])
     modes = default_modes(tokenizer) if args.mode is None else MODES if args.mode == "both" else (args.mode,)

@@ -23,13 +23,29 @@ def add_parser(subparsers):
     parser.add_argument("--mask-prompt", action="store_true", help="train on the responses only (prompt labels -100)")
     parser.add_argument("--freeze", default="all", help="all, head, last_block, last_n_blocks:N (default: %(default)s)")
     add_adapter_arguments(parser)
-    _training.add_training_options(parser, output="checkpoints/finetune-instruct", max_length=128, epochs=2,
-                                   batch_size=8, learning_rate=3e-4, eval_steps=100, time_limit=480)
+    _training.add_training_options(parser, output="checkpoints/finetune-instruct", max_length=None, epochs=2,
+                                   batch_size=8, learning_rate=3e-4, eval_steps=100, time_limit=480,
+                                   max_length_default=f"the model's context, at most {DEFAULT_MAX_LENGTH}")
     parser.set_defaults(func=run)
 
 
+DEFAULT_MAX_LENGTH = 128
+
+
+def fit_max_length(args, config) -> int:
+    """--max-length, or by default the model's context up to DEFAULT_MAX_LENGTH; refused when it
+    exceeds the context (before any data is tokenized)."""
+    context = config.max_position_embeddings
+    if args.max_length is None:
+        return min(DEFAULT_MAX_LENGTH, context)
+    if args.max_length > context:
+        raise ValueError(f"--max-length {args.max_length} exceeds the context of {args.model}, "
+                         f"{context} tokens; use --max-length {context} or less (or leave it out).")
+    return args.max_length
+
+
 def run(args) -> int:
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
     from ..adapters import apply_adapter
     from ..data.core import (
@@ -44,10 +60,12 @@ def run(args) -> int:
     from ..training import LtgTrainer, generate_text
 
     _training.check_output_option(args, args.model)
+    _training.resume_checkpoint(args)
     set_seed(args.seed)
     if bool(args.train_file) != bool(args.validation_file):
         raise ValueError("Pass both --train-file and --validation-file, or neither for the default data.")
     tokenizer = _training.load_checkpoint_tokenizer(args.model)
+    args.max_length = fit_max_length(args, AutoConfig.from_pretrained(args.model))
     if args.train_file:
         train_records, valid_records = read_instruction_file(args.train_file), read_instruction_file(args.validation_file)
         source = args.train_file
@@ -60,9 +78,7 @@ def run(args) -> int:
 
     model = AutoModelForCausalLM.from_pretrained(args.model)
     check_tokenizer_fits(tokenizer, model.config)
-    if args.max_length > model.config.max_position_embeddings:
-        raise ValueError(f"--max-length {args.max_length} exceeds the model's context of "
-                         f"{model.config.max_position_embeddings} tokens; use at most that.")
+    _training.check_resumable(args, model.config, set_by="--model")
     if args.adapter:
         _training.check_no_freeze_with_adapter(args)
         model = apply_adapter(model, args, "CAUSAL_LM", tokenizer)

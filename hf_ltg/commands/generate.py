@@ -29,7 +29,7 @@ def run(args) -> int:
 
     from ..tokenization import check_tokenizer_fits
     from ..training import generate_text
-    from ._training import load_checkpoint_tokenizer
+    from ._training import check_language_model, load_checkpoint_tokenizer
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
@@ -37,6 +37,7 @@ def run(args) -> int:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}.")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}.")
+    check_language_model(args.model, "generate")
     tokenizer = load_checkpoint_tokenizer(args.model)
     note_if_emulated(args.dtype, "drop --dtype")
     model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype), args.int8)

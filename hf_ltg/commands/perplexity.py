@@ -44,9 +44,10 @@ def run(args) -> int:
     from ..data.core import read_text_files
     from ..tokenization import check_tokenizer_fits
     from ..training import sliding_window_perplexity
-    from ._training import load_checkpoint_tokenizer
+    from ._training import check_language_model, load_checkpoint_tokenizer
 
     text = read_text_files([args.file])[0]
+    check_language_model(args.model, "perplexity")
     tokenizer = load_checkpoint_tokenizer(args.model)
     note_if_emulated(args.dtype, "drop --dtype")
     model = quantize_loaded(AutoModelForCausalLM.from_pretrained(args.model, dtype=args.dtype), args.int8)

@@ -166,6 +166,7 @@ def run(args) -> int:
 
         return run_hybrid(args, objective)
     _training.check_output_option(args, args.init_from)
+    _training.resume_checkpoint(args)
     started = time.time()
     set_seed(args.seed)
     train_docs, valid_docs, source = documents(args)
@@ -176,6 +177,8 @@ def run(args) -> int:
     else:
         if args.tokenizer:
             tokenizer = load_tokenizer(args.tokenizer)
+        elif args.resume:
+            tokenizer = _training.resumed_tokenizer(args)
         else:
             tokenizer = _training.made_on_main_process(lambda: train_tokenizer(
                 iterator=train_docs, vocab_size=args.vocab_size, model_max_length=args.max_length))
@@ -188,6 +191,7 @@ def run(args) -> int:
         )
         model = LtgGptForCausalLM(config)
     check_tokenizer_fits(tokenizer, model.config)
+    _training.check_resumable(args, model.config)
     context = model.config.max_position_embeddings
     if args.max_length > context:
         raise ValueError(f"--max-length {args.max_length} exceeds the model's context of {context} tokens; "
