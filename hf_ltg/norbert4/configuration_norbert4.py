@@ -166,7 +166,12 @@ class Norbert4Config(PretrainedConfig):
         self.mask_token_id = mask_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         self._validate()  # before transformers' own validators (5.x), whose errors name no field
+        # transformers 4.x's PretrainedConfig.__init__ sets these from its own defaults: set them again
+        own = {name: getattr(self, name) for name in ("is_decoder", "tie_word_embeddings", "use_cache", "pad_token_id",
+                                                       "bos_token_id", "eos_token_id")}
         super().__init__(**kwargs)
+        for name, value in own.items():
+            setattr(self, name, value)
 
     def is_global_layer(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` (from 0) is a global layer (long window, rotary base `rope_theta`)."""

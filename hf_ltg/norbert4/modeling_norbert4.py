@@ -221,9 +221,10 @@ class Norbert4Attention(nn.Module):
 
     def forward(self, v_input, qk_input, position_embeddings, attention_mask=None,
                 past_key_values: Cache | None = None, is_causal: bool = False, output_attentions: bool = False,
-                **kwargs):
+                cache_position=None, **kwargs):
         """`attention_mask`: this layer's boolean keep-mask [B, 1, Tq, Tk] (flash attention: the 2-D
-        padding mask [B, Tk]); `position_embeddings`: this layer's rotary (cos, sin)."""
+        padding mask [B, Tk]); `position_embeddings`: this layer's rotary (cos, sin); `cache_position`:
+        the cache slots of the new tokens (static caches of transformers <= 5.0 write where it says)."""
         batch, length, _ = v_input.shape
         v_input = self.pre_v_norm(v_input.float()).type_as(v_input)
         qk_input = self.pre_qk_norm(qk_input.float()).type_as(qk_input)
@@ -236,7 +237,7 @@ class Norbert4Attention(nn.Module):
         cos, sin = position_embeddings
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # [B, H, Tk, d]
+            key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
 
         implementation = "eager" if output_attentions else self.config._attn_implementation
         if implementation == "eager":
@@ -249,9 +250,12 @@ class Norbert4Attention(nn.Module):
             # flash attention keeps |i - j| <= sliding_window - 1, one-sided when causal
             kwargs["sliding_window"] = self.window_length + (self.config.window_edge == "padded")
             kwargs.setdefault("deterministic", self.config.deterministic_flash_attn)
-        elif attention_mask is not None and attention_mask.size(-1) < key.size(2):
-            # a static cache returns all its slots; the empty ones come after every query
-            attention_mask = F.pad(attention_mask, (0, key.size(2) - attention_mask.size(-1)), value=False)
+        else:
+            # the mask says everything, causality included (None: every key is visible)
+            is_causal = False
+            if attention_mask is not None and attention_mask.size(-1) < key.size(2):
+                # a static cache returns all its slots; the empty ones come after every query
+                attention_mask = F.pad(attention_mask, (0, key.size(2) - attention_mask.size(-1)), value=False)
         output, probs = attention_interface(
             self, query, key, value, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0,
@@ -455,6 +459,10 @@ class Norbert4Model(Norbert4PreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = int(past_length) if not torch.compiler.is_compiling() else past_length
+        cache_position = kwargs.pop("cache_position", None)  # what generate passes on transformers <= 5.0
+        if cache_position is None:
+            cache_position = torch.arange(past_length, past_length + length, device=device)
         if attention_mask is not None:
             expected = (batch, past_length + length)
             if tuple(attention_mask.shape) != expected:
@@ -479,7 +487,7 @@ class Norbert4Model(Norbert4PreTrainedModel):
             hidden_states, probs = layer(
                 hidden_states, embeddings, position_embeddings=rotary[is_global], attention_mask=masks[is_global],
                 past_key_values=past_key_values, is_causal=is_causal, output_attentions=output_attentions,
-                **kwargs,
+                cache_position=cache_position, **kwargs,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
