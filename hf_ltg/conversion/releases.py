@@ -321,7 +321,9 @@ def _is_gpt_bert(release: Release) -> bool:
 
 KINDS = [
     ReleaseKind(
-        "NorBERT4", "ltg/norbert4-*", "modeling_gptbert.py", "not yet supported (a different architecture): error",
+        "NorBERT4", "ltg/norbert4-*", "modeling_gptbert.py",
+        "`ltg_norbert4` (hf_ltg/conversion/norbert4.py): the release's scaled weights folded in fp32; masked and "
+        "causal mode on the same weights; its LM, sequence/token-classification and QA heads",
         lambda r: r.has_module("modeling_gptbert") or r.has_module("configuration_gptbert")
         or any(c.startswith("GptBert") for c in r.classes),
         _convert_norbert4),
