@@ -1,5 +1,6 @@
-"""`hf-ltg pretrain` honours or refuses every option under every objective, before any work, and
-the hybrid summary's verdict agrees with both figures it compares."""
+"""`hf-ltg pretrain` honours or refuses every option under every objective, before any work (and
+`hf-ltg convert` takes --layout only where it means something), and the hybrid summary's verdict
+agrees with both figures it compares."""
 
 import pytest
 
@@ -78,3 +79,15 @@ class _Tokenizer:
     def __len__(self):
         return 10
 
+
+
+def test_convert_refuses_layout_for_a_gpt_bert_state_dict_before_reading_it(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.bin").write_bytes(b"")  # never read: refused first
+
+    code = main(["convert", "--from", "gpt-bert", str(tmp_path / "model.bin"), str(tmp_path / "out"),
+                 "--config", str(tmp_path / "config.json"), "--layout", "bnc"])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--layout" in err and "gpt-bert" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
