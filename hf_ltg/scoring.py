@@ -117,13 +117,25 @@ def pseudo_log_likelihood_scores(model, requests: Sequence[tuple[Sequence[int], 
 
 
 def causal_prefix(tokenizer) -> list[int]:
-    """The token a causal score conditions on when there is no text before the continuation: BOS
-    (LTG-BERT's [CLS]), else EOS (GPT-2's <|endoftext|>), as lm-eval does."""
-    token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    """The token a causal LM conditions a text's first token on: [CLS] for a tokenizer that has one
+    (LTG-BERT's family starts every causal training window with it), else BOS, else EOS (GPT-2's
+    <|endoftext|>), as lm-eval does."""
+    token_id = next((i for i in (getattr(tokenizer, "cls_token_id", None), tokenizer.bos_token_id,
+                                 tokenizer.eos_token_id) if i is not None), None)
     if token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has neither a bos_token nor an eos_token; a causal score needs "
                          "one to condition the first token on (set tokenizer.bos_token).")
     return [token_id]
+
+
+def causal_prompt(tokenizer, text: str) -> list[int]:
+    """`text` as a causal LM saw such text in training: `[CLS] tokens` with no closing [SEP] for the
+    LTG-BERT family (a tokenizer with a [CLS] token), the tokens alone for GPT (its EOS alone for
+    an empty text)."""
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if getattr(tokenizer, "cls_token_id", None) is not None or not tokens:
+        return causal_prefix(tokenizer) + tokens
+    return tokens
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:

@@ -23,6 +23,7 @@ from transformers.trainer_callback import ExportableState
 
 from .data.core import IGNORE_INDEX
 from .progress import progress_bar, progress_enabled
+from .scoring import causal_prompt
 
 FREEZE_PRESETS = ("none", "head", "last_block", "last_n_blocks:N", "all")
 HEAD_NAMES = ("lm_head", "score", "classifier")
@@ -624,9 +625,7 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 40, tempe
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    input_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
-    if input_ids.shape[1] == 0:
-        input_ids = torch.tensor([[tokenizer.eos_token_id]], device=device)
+    input_ids = torch.tensor([causal_prompt(tokenizer, prompt)], device=device)  # LTG-BERT: [CLS] first
     limit = getattr(model.config, "max_position_embeddings", None)
     peft_config = getattr(model, "active_peft_config", None)
     if limit is not None and peft_config is not None and peft_config.is_prompt_learning:

@@ -613,6 +613,49 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
             inputs["past_key_values"] = inputs.pop("cache")
         return inputs
 
+    def generate(self, inputs=None, *args, **kwargs):
+        """GenerationMixin.generate, continuing the prompt as it was shaped in training.
+
+        GPT-BERT's causal windows are `[CLS] tokens`, with [SEP] only where a document ends, but
+        the tokenizer ends every text with [SEP]: the text-generation pipeline and
+        `generate(**tokenizer(text))` would continue after the end of a document. A [SEP] that ends
+        every prompt row (a real token in each) is therefore not given to the model. The returned
+        sequences still begin with the prompt as passed, so slicing it off works as usual; an
+        explicit `max_length`/`min_length` still counts it. Start prompts with [CLS] (the tokenizer does).
+        """
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if not self._ends_with_closing_token(prompt, kwargs.get("attention_mask")) or "inputs_embeds" in kwargs:
+            return super().generate(inputs, *args, **kwargs)
+        length = prompt.shape[1]
+        kwargs = {name: value[..., :-1] if torch.is_tensor(value) and value.ndim == 2 and value.shape[1] == length
+                  and name in ("attention_mask", "token_type_ids", "position_ids") else value
+                  for name, value in kwargs.items()}
+        for name in ("max_length", "min_length"):
+            if isinstance(kwargs.get(name), int):
+                kwargs[name] -= 1
+        if inputs is not None:
+            inputs = prompt[:, :-1]
+        else:
+            kwargs["input_ids"] = prompt[:, :-1]
+        output = super().generate(inputs, *args, **kwargs)
+        sequences = output if torch.is_tensor(output) else getattr(output, "sequences", None)
+        if sequences is None:
+            return output
+        closing = prompt[:, -1:].repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0)  # beams, samples
+        sequences = torch.cat([sequences[:, :length - 1], closing.to(sequences.device), sequences[:, length - 1:]], 1)
+        if torch.is_tensor(output):
+            return sequences
+        output.sequences = sequences
+        return output
+
+    def _ends_with_closing_token(self, input_ids, attention_mask) -> bool:
+        sep = self.config.sep_token_id
+        return (
+            torch.is_tensor(input_ids) and input_ids.ndim == 2 and input_ids.shape[1] >= 2 and sep is not None
+            and not input_ids.is_floating_point() and bool((input_ids[:, -1] == sep).all())
+            and (attention_mask is None or attention_mask.ndim != 2 or bool(attention_mask[:, -1].bool().all()))
+        )
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                 past_key_values=None, use_cache=None, labels=None, logits_to_keep: int | torch.Tensor = 0,
                 output_attentions=None, output_hidden_states=None, return_dict=None, cache=None, **kwargs):
