@@ -740,3 +740,17 @@ def test_an_hf_ltg_checkpoint_is_not_converted_again(tmp_path, capsys):
     assert convert(tmp_path / "release", tmp_path / "out") == 0
     assert convert(tmp_path / "out", tmp_path / "again") == 2
     assert "already an hf_ltg checkpoint (ltg_bert)" in capsys.readouterr().err
+
+
+def test_doctor_passes_a_converted_release_whose_masked_lm_suppresses_special_ids(tmp_path):
+    from hf_ltg.hub import diagnose
+
+    make_release(tmp_path / "release", "norbert3-hub", weights="safetensors")
+    assert convert(tmp_path / "release", tmp_path / "out") == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["masked_lm_suppressed_token_ids"]
+
+    report = diagnose(tmp_path / "out")
+
+    assert report.ok, report.format()
+    passed = {c.name for c in report.checks if c.status == "PASS"}
+    assert {"AutoModelForMaskedLM loads and runs", "pipeline fill-mask"} <= passed

@@ -27,8 +27,8 @@ def kept_paths(entries, roots, site_dirs=None):
     (ROOT/.venv/lib/python3.X/site-packages) or beside it with a longer name (ROOT-venv) stays.
     A site-packages folder always stays: the clean process needs torch and transformers.
     """
-    if site_dirs is None:
-        site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    if site_dirs is None:  # old virtualenv releases' site module lacks getsitepackages
+        site_dirs = [*getattr(site, "getsitepackages", list)(), site.getusersitepackages()]
     keep = {os.path.realpath(p) for p in site_dirs}
     strip = {os.path.realpath(r) for r in roots} - keep
     return [p for p in entries if p not in ("", ".") and os.path.realpath(p) not in strip]
@@ -177,6 +177,11 @@ def check_model(report, folder, remote, auto_name, config, tokenizer):
         report.add(name, False, f"{cls} forward failed on {SAMPLE!r}: {_error(exc)}")
         return False
     first = output[0]
+    suppressed = list(getattr(config, "masked_lm_suppressed_token_ids", None) or ())
+    if auto_name == "AutoModelForMaskedLM" and suppressed:
+        # the release's -inf over its special and unused ids is by design; every other logit must be finite
+        first = first.clone()
+        first[..., suppressed] = torch.where(first[..., suppressed] == float("-inf"), 0.0, first[..., suppressed])
     if not torch.isfinite(first).all():
         report.add(name, False, f"{cls} forward gave non-finite values (shape {tuple(first.shape)})")
         return False
