@@ -422,6 +422,19 @@ def test_an_unknown_window_edge_is_a_one_line_error():
     assert "\n" not in str(error.value)
 
 
+def test_a_release_folder_without_weights_is_a_one_line_error(release_folder, tmp_path, capsys):
+    import shutil
+
+    from hf_ltg.cli import main
+
+    shutil.copytree(release_folder, tmp_path / "release")
+    (tmp_path / "release" / "model.safetensors").unlink()
+    assert main(["convert", str(tmp_path / "release"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "holds no weights" in error, error
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_release_with_missing_weights_is_a_one_line_error():
     tensors = release_state_dict()
     del tensors["encoder.layers.2.mlp.down_proj.scale"]
@@ -483,11 +496,14 @@ def checkpoint(release_folder, tmp_path_factory):
     return out
 
 
-def test_the_convert_command_converts_a_release_folder(release_folder, tmp_path):
-    from hf_ltg.conversion.releases import convert_release
+def test_the_convert_command_converts_a_release_folder(release_folder, tmp_path, capsys):
+    from hf_ltg.cli import main
 
-    out, _ = convert_release(release_folder, tmp_path / "out")
-    model = Norbert4ForMaskedLM.from_pretrained(out).eval()
+    assert main(["convert", str(release_folder), str(tmp_path / "out")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = Norbert4ForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
+        "modeling_norbert4.Norbert4ForCausalLM"
     assert model.lm_head.decoder.weight.data_ptr() == model.norbert4.embedding.word_embedding.weight.data_ptr()
     tensors = release_state_dict()
     ids, mask = padded_batch("right")
