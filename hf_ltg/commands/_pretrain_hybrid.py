@@ -48,6 +48,8 @@ def run_hybrid(args, objective: str) -> int:
     ratio = {"causal": 1.0, "masked": 0.0}.get(
         objective, DEFAULT_CAUSAL_RATIO if args.causal_ratio is None else args.causal_ratio)
     training_model = training_model_class(args.arch)
+    if args.arch == "norbert4" and not args.init_from:
+        norbert4_head_size(args)  # before any work
     mask_start = DEFAULT_MASK_RATE_START if args.mask_rate_start is None else args.mask_rate_start
     mask_end = DEFAULT_MASK_RATE_END if args.mask_rate_end is None else args.mask_rate_end
     span = DEFAULT_MAX_SPAN_LENGTH if args.max_span_length is None else args.max_span_length
@@ -120,10 +122,7 @@ def norbert4_config(args, ltg_bert_config):
     feed-forward 2.6 x hidden (1664 at 640, as NorBERT4-base); heads of hidden / --num-heads features."""
     from ..norbert4 import Norbert4Config
 
-    head_size = args.hidden_size // args.num_heads
-    if head_size < 2 or head_size % 2 or head_size * args.num_heads != args.hidden_size:
-        raise ValueError(f"--hidden-size {args.hidden_size} / --num-heads {args.num_heads} must be an even whole "
-                         "number of features per head (rotary positions rotate pairs): NorBERT4-base has 640 / 10.")
+    head_size = norbert4_head_size(args)
     special = {name: getattr(ltg_bert_config, name) for name in
                ("pad_token_id", "unk_token_id", "bos_token_id", "eos_token_id", "mask_token_id")}
     return Norbert4Config(
@@ -133,6 +132,14 @@ def norbert4_config(args, ltg_bert_config):
         max_position_embeddings=args.max_length, embedding_dropout=args.dropout, attention_dropout=args.dropout,
         hidden_dropout=args.dropout, **special,
     )
+
+
+def norbert4_head_size(args) -> int:
+    head_size = args.hidden_size // args.num_heads
+    if head_size < 2 or head_size % 2 or head_size * args.num_heads != args.hidden_size:
+        raise ValueError(f"--hidden-size {args.hidden_size} / --num-heads {args.num_heads} must be an even whole "
+                         "number of features per head (rotary positions rotate pairs): NorBERT4-base has 640 / 10.")
+    return head_size
 
 
 def summary(results: dict, train_ids, tokenizer) -> str:

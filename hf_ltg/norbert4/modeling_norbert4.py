@@ -459,7 +459,8 @@ class Norbert4Model(Norbert4PreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        past_length = int(past_length) if not torch.compiler.is_compiling() else past_length
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):  # traced: a size, kept symbolic (ONNX)
+            past_length = int(past_length)
         cache_position = kwargs.pop("cache_position", None)  # what generate passes on transformers <= 5.0
         if cache_position is None:
             cache_position = torch.arange(past_length, past_length + length, device=device)
