@@ -362,6 +362,49 @@ def test_eager_and_sdpa_agree(mode):
     _close(outputs["eager"], outputs["sdpa"], mask.bool())
 
 
+def _flash_like_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+                          is_causal=None, **kwargs):
+    """What transformers' flash-attention function computes, in plain torch: a 2-D padding mask, the
+    window as `sliding_window` (|i - j| <= sliding_window - 1), causal from `is_causal`, queries aligned
+    to the end of the keys (a KV cache)."""
+    query_length, key_length = query.size(2), key.size(2)
+    query_index = torch.arange(key_length - query_length, key_length)[:, None]
+    distance = query_index - torch.arange(key_length)[None]
+    keep = distance.abs() <= sliding_window - 1
+    if is_causal:
+        keep = keep & (distance >= 0)
+    keep = keep[None, None]
+    if attention_mask is not None:
+        assert attention_mask.dim() == 2
+        keep = keep & attention_mask.bool()[:, None, None, :]
+    keep = keep | ~keep.any(-1, keepdim=True)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=keep, scale=scaling)
+    return output.transpose(1, 2), None
+
+
+@pytest.mark.parametrize("edge", ["flash", "padded"])
+@pytest.mark.parametrize("mode", ["masked", "causal"])
+def test_a_flash_attention_function_gets_the_padding_mask_and_the_window(edge, mode):
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("flash_norbert4_test", _flash_like_attention)
+    model, _, _ = converted()
+    model.config.window_edge = edge
+    model = _rehead(model, Norbert4ForCausalLM if mode == "causal" else Norbert4ForMaskedLM).eval()
+    ids, mask = padded_batch("right" if mode == "masked" else "left")
+    outputs = {}
+    for implementation in ("sdpa", "flash_norbert4_test"):
+        model.config._attn_implementation = implementation
+        with torch.no_grad():
+            outputs[implementation] = model(ids, attention_mask=mask).logits
+        if mode == "causal":
+            outputs[implementation + " generate"] = model.generate(
+                ids[:, :7], attention_mask=mask[:, :7], max_new_tokens=6, do_sample=False, pad_token_id=0)
+    _close(outputs["sdpa"], outputs["flash_norbert4_test"], mask.bool())
+    if mode == "causal":
+        assert torch.equal(outputs["sdpa generate"], outputs["flash_norbert4_test generate"])
+
+
 def test_attentions_are_returned_and_respect_the_windows():
     model, _, _ = converted()
     ids, mask = padded_batch("right")
