@@ -465,6 +465,55 @@ def test_an_unknown_window_edge_is_a_one_line_error():
     assert "\n" not in str(error.value)
 
 
+# A stand-in for the release's Hub code (which cannot ship here): its classes run this test's reference forward.
+STAND_IN_CONFIGURATION = """
+from transformers import PretrainedConfig
+
+
+class GptBertConfig(PretrainedConfig):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+"""
+STAND_IN_MODELING = """
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+from .configuration_gptbert import GptBertConfig
+
+
+class GptBertForMaskedLM(PreTrainedModel):
+    config_class = GptBertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.tensors = {}
+
+    def load_state_dict(self, tensors, strict=True):
+        self.tensors = dict(tensors)
+
+    def forward(self, input_ids=None, attention_mask=None, return_dict=None, **kwargs):
+        from tests.test_norbert4 import RELEASE_CONFIG, release_hidden, release_lm_logits
+
+        hidden = release_hidden(self.tensors, RELEASE_CONFIG, input_ids, attention_mask, False, "padded")
+        return MaskedLMOutput(logits=release_lm_logits(self.tensors, RELEASE_CONFIG, hidden, "masked"))
+"""
+
+
+def test_convert_verify_compares_with_the_release_code_in_the_folder(release_folder, tmp_path, capsys):
+    import shutil
+
+    from hf_ltg.cli import main
+
+    shutil.copytree(release_folder, tmp_path / "release")
+    (tmp_path / "release" / "configuration_gptbert.py").write_text(STAND_IN_CONFIGURATION)
+    (tmp_path / "release" / "modeling_gptbert.py").write_text(STAND_IN_MODELING)
+    assert main(["convert", "--verify", str(tmp_path / "release"), str(tmp_path / "out")]) == 0
+    assert "--verify: largest logit difference" in capsys.readouterr().out
+    assert "largest logit difference from the release's own code" in (tmp_path / "out" / "README.md").read_text()
+
+
 def test_a_release_folder_without_weights_is_a_one_line_error(release_folder, tmp_path, capsys):
     import shutil
 
