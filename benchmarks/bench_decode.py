@@ -11,6 +11,7 @@ engine (`hf-ltg export --gguf` f32/f16/q8_0/q4_0/q4_1, `hf-ltg export --onnx`, `
 so every row computes the same function up to its number format:
 
   ours-fp32 / ours-bf16          hf_ltg, `from_pretrained(dtype=...)`, default settings
+  ours-fp32-dynamic              hf_ltg fp32 with transformers' dynamic KV cache (the default before)
   ours-bf16-packed               hf_ltg bf16 with `pack_cpu_weights()` (opt-in second copy)
   ours-int8-absmax               `hf-ltg quantize --scheme absmax` (int8 x int8 products, W8A8)
   ours-int8wo / ours-int4        `hf-ltg quantize --scheme int8-weight-only / int4-weight-only`
@@ -82,14 +83,14 @@ class Contestant:
         self.weight_format, self.kv_bytes = weight_format, kv_bytes  # kv_bytes: per cached value
 
 
-def torch_contestant(key, engine, weights, model, weight_format, kv_bytes):
+def torch_contestant(key, engine, weights, model, weight_format, kv_bytes, **generate_kwargs):
     model.eval()
 
     def run(ids, new_tokens):
         ids = torch.from_numpy(ids)
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, **generate_kwargs)
         return out[:, ids.shape[1]:].numpy()
 
     return Contestant(key, engine, weights, run, weight_format, kv_bytes)
@@ -105,14 +106,16 @@ def ours_contestants(folder: Path, wanted, work: Path):
 
     specs = {
         "ours-fp32": ("fp32", None, torch.float32, 4),
+        "ours-fp32-dynamic": ("fp32, dynamic KV cache", None, torch.float32, 4),
         "ours-bf16": ("bf16", None, torch.bfloat16, 2),
         "ours-bf16-packed": ("bf16 + pack_cpu_weights()", None, torch.bfloat16, 2),
         "ours-int8-absmax": ("int8 absmax (W8A8)", "absmax", torch.float32, 4),
         "ours-int8wo": ("int8-weight-only", "int8-weight-only", torch.float32, 4),
         "ours-int4": ("int4-weight-only (group 32)", "int4-weight-only", torch.float32, 4),
     }
-    formats = {"ours-fp32": "fp32", "ours-bf16": "bf16", "ours-bf16-packed": "bf16", "ours-int8-absmax": "int8",
-               "ours-int8wo": "int8", "ours-int4": "int4"}
+    formats = {"ours-fp32": "fp32", "ours-fp32-dynamic": "fp32", "ours-bf16": "bf16", "ours-bf16-packed": "bf16",
+               "ours-int8-absmax": "int8", "ours-int8wo": "int8", "ours-int4": "int4"}
+    loaded = {}  # (path, dtype) -> model, shared by rows that differ in generate settings only
     for key, (weights, scheme, dtype, kv) in specs.items():
         if not wanted(key):
             continue
@@ -121,10 +124,14 @@ def ours_contestants(folder: Path, wanted, work: Path):
             path = work / f"ours-{scheme}"
             if not (path / "config.json").is_file():
                 quantize_checkpoint(folder, path, scheme, include_lm_head=True)
-        model = load(path, dtype)
         if key == "ours-bf16-packed":
-            model.pack_cpu_weights()
-        yield torch_contestant(key, "hf_ltg", weights, model, formats[key], kv)
+            model = load(path, dtype).pack_cpu_weights()
+        else:
+            if (path, dtype) not in loaded:
+                loaded[(path, dtype)] = load(path, dtype)
+            model = loaded[(path, dtype)]
+        cache = dict(cache_implementation="dynamic") if key.endswith("-dynamic") else {}
+        yield torch_contestant(key, "hf_ltg", weights, model, formats[key], kv, **cache)
 
 
 def transformers_contestants(gpt2_folder: Path, wanted):
@@ -318,7 +325,7 @@ def main(argv=None):
     parser.add_argument("--size", default="gpt2-small", choices=sorted(SIZES))
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 new tokens, one round (a smoke test)")
     parser.add_argument("--rows", default="*", help="comma list of row keys or patterns (default all): ours-fp32, "
-                        "ours-bf16, ours-bf16-packed, ours-int8-absmax, ours-int8wo, ours-int4, hf-fp32, hf-bf16, "
+                        "ours-fp32-dynamic, ours-bf16, ours-bf16-packed, ours-int8-absmax, ours-int8wo, ours-int4, hf-fp32, hf-bf16, "
                         "llama-f32, llama-f16, llama-q8_0, llama-q4_0, llama-q4_1, ort-fp32")
     parser.add_argument("--sections", default="b1,b8,long", help="comma list of b1, b8, long")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per section (after one warm-up round)")
