@@ -330,6 +330,8 @@ def test_generate_with_cache_matches_without_cache_and_recomputation_on_a_left_p
     assert torch.equal(cached, uncached)
     assert torch.equal(cached, static)
     assert torch.equal(cached, _recompute(model, ids, mask, 9))
+    if dtype != torch.float32:
+        return  # alone is another batch shape: bf16 rounds otherwise, and near-ties may flip
     # each prompt generates what it generates alone
     for row in range(3):
         real = mask[row].bool()
