@@ -403,6 +403,9 @@ def test_a_flash_attention_function_gets_the_padding_mask_and_the_window(edge, m
             outputs[implementation + " generate"] = model.generate(
                 ids[:, :7], attention_mask=mask[:, :7], max_new_tokens=6, do_sample=False, pad_token_id=0)
     _close(outputs["sdpa"], outputs["flash_norbert4_test"], mask.bool())
+    with torch.no_grad():  # attention weights come from the eager path, with its own masks
+        outputs["weights"] = model(ids, attention_mask=mask, output_attentions=True).logits
+    _close(outputs["sdpa"], outputs["weights"], mask.bool())
     if mode == "causal":
         assert torch.equal(outputs["sdpa generate"], outputs["flash_norbert4_test generate"])
 

@@ -477,7 +477,8 @@ class Norbert4Model(Norbert4PreTrainedModel):
             True: rotary_cos_sin(position_ids, self.config.query_key_head_size, self.config.rope_theta),
             False: rotary_cos_sin(position_ids, self.config.query_key_head_size, self.config.local_rope_theta),
         }
-        masks = self._masks(attention_mask, batch, past_length, length, is_causal, device)
+        implementation = "eager" if output_attentions else (self.config._attn_implementation or "eager")
+        masks = self._masks(attention_mask, batch, past_length, length, is_causal, device, implementation)
 
         hidden_states = self.embedding(inputs_embeds)
         embeddings = hidden_states
@@ -503,9 +504,8 @@ class Norbert4Model(Norbert4PreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _masks(self, attention_mask, batch, past_length, length, is_causal, device):
-        """The attention mask of the global (True) and local (False) layers."""
-        implementation = self.config._attn_implementation or "eager"
+    def _masks(self, attention_mask, batch, past_length, length, is_causal, device, implementation):
+        """The attention mask of the global (True) and local (False) layers for `implementation`."""
         if _is_flash(implementation):
             # flash attention takes the 2-D padding mask and the window as `sliding_window`
             padding = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
