@@ -30,7 +30,10 @@ weights. `Norbert4ForCausalLM` is always causal. Every other class follows `conf
 In both modes hidden state i predicts token i + 1: `Norbert4ForMaskedLM` returns the release's
 shifted logits (position i holds the prediction made at i - 1, position 0 a BOS column: 1.0
 at `bos_token_id`, 0 elsewhere), so `[MASK]` positions and labels keep BERT's convention and
-the fill-mask pipeline works; its loss skips position 0.
+the fill-mask pipeline works; its loss skips position 0. The shift is by index, as the
+release's: after left padding the first real token holds a prediction made at padding (pad
+masked-LM and classification inputs on the right, as tokenizers do by default; the sequence
+classifier, like the release's, reads the first token).
 
 Windows. Layer i is global when (i + 1) % local_global_ratio == 0 (window
 `global_window_length`), local otherwise (`local_window_length`). Masked mode attends within
