@@ -246,7 +246,8 @@ class LtgGptInt4Linear(_WeightOnlyLinear):
 
     State: `weight` uint8 [out, in / 2] (two values per byte, low nibble first), `weight_scale` and
     `weight_min` float32 [out, in / 32], `bias` in the model dtype. The CPU kernel's own weight
-    layout depends on the machine, so it is made from these on first use (and remade when they change).
+    layout depends on the machine, so it is made from these on first use (and remade when they change):
+    while the kernel is used, the layer holds its weights twice (0.625 bytes per weight each).
     """
 
     scheme = "int4-weight-only"
