@@ -114,3 +114,16 @@ def test_gpt_prompts_keep_their_shape(tiny_tokenizer):
     tokens = tiny_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     assert causal_prompt(tiny_tokenizer, PROMPT) == tokens  # GPT-2: no prefix for a text
     assert causal_prompt(tiny_tokenizer, "") == [tiny_tokenizer.eos_token_id]
+
+
+def test_closing_sep_is_found_where_transformers_4_dropped_it_from_the_config(model, tokenizer):
+    """transformers 4.x's PretrainedConfig resets sep_token_id to None; generation_config.json keeps
+    the end-of-text id, which is the [SEP] to skip."""
+    inputs = tokenizer([PROMPT], return_tensors="pt")
+    model.config.sep_token_id = None
+    model.generation_config.eos_token_id = tokenizer.sep_token_id
+    try:
+        seen, _ = prefill_inputs(model, lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False))
+    finally:
+        model.config.sep_token_id = tokenizer.sep_token_id
+    assert seen == inputs["input_ids"][0, :-1].tolist()

@@ -168,15 +168,28 @@ def test_ltg_bert_forwards_have_no_starred_assignment_targets(forward):
     assert starred_assignment_targets(forward) == []
 
 
-def test_ltg_bert_forward_passes_llm_compressors_source_rewriting():
-    """llm-compressor's own AST rewriting of the forward compiles (else: "cannot assign to function call")."""
-    auto_wrapper = pytest.importorskip(
-        "llmcompressor.pipelines.sequential.ast_utils.auto_wrapper",
-        reason="llm-compressor is not installed (it pins its own transformers; try it in a separate venv)")
-    model = LtgBertForMaskedLM(LtgBertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                             intermediate_size=32, max_position_embeddings=16, position_bucket_size=8))
-    base = model.ltg_bert
-    tree = ast.parse(textwrap.dedent(inspect.getsource(type(base).forward)))
-    namespace = {**modeling_ltg_bert.__dict__, "self": base}
-    wrapped = auto_wrapper.AutoWrapper(namespace, ignore=[]).auto_wrap(tree)
-    compile(wrapped, "<ltg_bert forward>", "exec")
+def test_ltg_bert_gptq_w4a16_through_llm_compressor_quantizes_every_linear_but_the_head(tmp_path):
+    """llm-compressor's sequential pipeline traces LtgBertModel.forward (source rewriting, torch.fx)
+    and GPTQ quantizes the encoder's linear layers (else: "cannot assign to function call")."""
+    pytest.importorskip("llmcompressor", reason="llm-compressor is not installed (it pins its own transformers "
+                                                "release; run this file in a venv with it)")
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=__import__("tokenizers").Tokenizer(
+        __import__("tokenizers").models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0")))
+    torch.manual_seed(0)
+    # 128 wide: W4A16 quantizes in groups of 128 inputs
+    model = LtgBertForMaskedLM(LtgBertConfig(vocab_size=64, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=256, max_position_embeddings=32, position_bucket_size=8))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model.config._name_or_path = str(tmp_path)  # where llm-compressor looks for the model's files
+    rows = torch.randint(5, 60, (8, 16), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": rows.tolist(), "attention_mask": torch.ones_like(rows).tolist()})
+    oneshot(model=model, dataset=data, processor=tokenizer, max_seq_length=16, num_calibration_samples=8,
+            recipe=GPTQModifier(targets="Linear", scheme="W4A16", ignore=["re:.*lm_head.*"]), pipeline="sequential")
+    quantized = [n for n, m in model.named_modules() if hasattr(m, "weight_scale")]
+    assert len(quantized) == 10 and not any(n.startswith("lm_head") for n in quantized)  # 2 x (q/k, v, out, 2 MLP)

@@ -10,7 +10,12 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from hf_ltg import LtgGptConfig, LtgGptForCausalLM, LtgGptForSequenceClassification, LtgGptForTokenClassification
+from hf_ltg import (
+    LtgGptConfig,
+    LtgGptForCausalLM,
+    LtgGptForSequenceClassification,
+    LtgGptForTokenClassification,
+)
 from hf_ltg.conversion.gpt2 import config_from_gpt2, gpt2_to_ltg_state_dict
 from hf_ltg.tokenization import save_tokenizer
 from tests.gpt_utils import EOS, VOCAB, randomize_, tiny_gpt2_config

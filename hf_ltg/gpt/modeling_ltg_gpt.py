@@ -47,6 +47,10 @@ from .kernels_ltg_gpt import (
     pack_cpu_weights,
 )
 
+# int8_ltg_gpt's own sibling, imported here too: transformers 4.x and 5.0 copy only the model file's
+# relative imports into their module cache, not those of its siblings.
+from .weight_only_ltg_gpt import WEIGHT_ONLY_LAYERS  # noqa: F401
+
 try:  # transformers >= 5: initialisers that skip tensors loaded from a checkpoint
     from transformers import initialization as init
 except ImportError:  # transformers 4.x: torch.nn.init, skipping tensors the loader marked as loaded

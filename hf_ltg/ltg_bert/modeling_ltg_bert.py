@@ -420,7 +420,9 @@ class LtgBertModel(LtgBertPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # a call and an if statement, not conditional expressions: llm-compressor's tracer (GPTQ) wraps
+        # those into opaque functions, which hand the output back as a dict
+        return_dict = _given_or(return_dict, self.config.return_dict)
         use_cache = is_causal and (use_cache if use_cache is not None else self.config.use_cache and not self.training)
         past_key_values = resolve_cache(past_key_values, cache)
         if getattr(past_key_values, "is_compileable", False):  # StaticCache and kin: keys padded to a fixed length
@@ -470,7 +472,9 @@ class LtgBertModel(LtgBertPreTrainedModel):
             attentions=all_attentions,
             **{CACHE_FIELD: past_key_values if use_cache else None},
         )
-        return output if return_dict else output.to_tuple()
+        if not return_dict:
+            return output.to_tuple()
+        return output
 
     def _embed(self, input_ids, inputs_embeds):
         if (input_ids is None) == (inputs_embeds is None):
@@ -518,6 +522,10 @@ def _positions(attention_mask, key_length: int, is_causal: bool, device):
     return torch.arange(key_length, device=device)
 
 
+def _given_or(value, default):
+    return default if value is None else value
+
+
 def _keep_mask(attention_mask, batch: int, length: int, past_length: int, is_causal: bool, device):
     """Boolean [B, 1, Tq, Tk] mask of the keys each query may see, or None when it sees all.
 
@@ -528,7 +536,9 @@ def _keep_mask(attention_mask, batch: int, length: int, past_length: int, is_cau
     keep = None
     if attention_mask is not None:
         expected = (batch, key_length)
-        if tuple(attention_mask.shape) != expected:
+        # (not while compiling or tracing: llm-compressor's tracer sets the compiling flag, and its
+        # proxies' shapes cannot be iterated)
+        if not torch.compiler.is_compiling() and tuple(attention_mask.shape) != expected:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected} "
                 f"([batch, cached + new tokens], 1 = keep, 0 = padding)."
@@ -649,7 +659,12 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
         return output
 
     def _ends_with_closing_token(self, input_ids, attention_mask) -> bool:
+        # transformers 4.x's PretrainedConfig.__init__ resets sep_token_id (and bos/eos/pad) to None;
+        # the generation config, read from generation_config.json, still has the end-of-text id
         sep = self.config.sep_token_id
+        if sep is None:
+            sep = getattr(getattr(self, "generation_config", None), "eos_token_id", None)
+            sep = sep if isinstance(sep, int) else None
         return (
             torch.is_tensor(input_ids) and input_ids.ndim == 2 and input_ids.shape[1] >= 2 and sep is not None
             and not input_ids.is_floating_point() and bool((input_ids[:, -1] == sep).all())
