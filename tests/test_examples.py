@@ -13,7 +13,7 @@ EXPECTED = {
     "pipelines.py": "fill-mask: [",
     "lora.py": "adapter vs merged checkpoint: max |logit difference| = ",
     "convert_gpt2.py": "greedy continuations identical: True",
-    "push_to_hub.py": "dry run: would upload 10 file(s)",  # + kernels_ltg_gpt.py, int8_ltg_gpt.py,
+    "push_to_hub.py": "dry run: would upload 11 file(s)",  # + kernels_ltg_gpt.py, int8_ltg_gpt.py, weight_only_ltg_gpt.py,
     "pretrain_hybrid.py": "hybrid: masked accuracy ",
     "eval_pairs.py": "first pair, masked PLL: ",
 }

@@ -35,6 +35,7 @@ def test_export_writes_every_file_of_a_hub_folder_and_restores_the_full_auto_map
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md", "config.json", "configuration_ltg_gpt.py", "generation_config.json", "int8_ltg_gpt.py",
         "kernels_ltg_gpt.py", "model.safetensors", "modeling_ltg_gpt.py", "tokenizer.json", "tokenizer_config.json",
+        "weight_only_ltg_gpt.py",  # int8_ltg_gpt's sibling: copied because the model file imports it too
     ]
     assert json.loads((out / "config.json").read_text())["auto_map"] == AUTO_MAP
     exported = load_state_dict(out)
