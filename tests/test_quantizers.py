@@ -84,7 +84,8 @@ def test_adapter_layers_keep_the_fast_product_for_their_base_layer(monkeypatch):
 
 
 def bnb_layer_types():
-    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install -e '.[dev]')")
+    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (kept out of the dev extra, "
+                              "see pyproject.toml; pip install bitsandbytes to run these)")
     return bnb.nn.Linear8bitLt, bnb.nn.Linear4bit
 
 
