@@ -18,7 +18,9 @@ tokens when it is longer. Model arguments: `pretrained` (folder or Hub id), `dty
 position i predict token i + 1 (GPT-BERT's masked next-token convention, unshifted). hf_ltg's
 GPT-BERT checkpoints (`masked_next_token` in config.json) shift inside their masked-LM head, so
 their logits at a [MASK] are its prediction already: leave `next_token` false for them. Generation
-tasks need a causal model: use `--model hf`, which loads LTG-BERT's causal-LM head.
+tasks need a causal model: use `--model ltg-causal` (lm-eval's `hf` model, loading LTG-BERT's
+causal-LM head, with every scored sequence `[CLS] context continuation` as in hybrid training; `hf`
+itself encodes `[CLS] context [SEP]` and so scores shifted tokens).
 """
 
 import sys
@@ -125,7 +127,8 @@ class LtgMaskedLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         raise NotImplementedError(
             f"{MODEL_NAME} scores with masked pseudo-log-likelihood and cannot generate text; run generation tasks "
-            "with --model hf --model_args pretrained=FOLDER,trust_remote_code=True (LTG-BERT's causal-LM head)."
+            "with --model ltg-causal (or --model hf) --model_args pretrained=FOLDER,trust_remote_code=True (LTG-BERT's "
+            "causal-LM head)."
         )
 
     def _score(self, requests, disable_tqdm: bool, description: str):
@@ -161,8 +164,55 @@ def _batch_size(value) -> int:
     return size
 
 
-# A lazy entry, so that lm-eval imports this module (again, when it runs as __main__) only to use it.
+CAUSAL_MODEL_NAME = "ltg-causal"
+
+
+def _causal_lm_class():
+    """lm-eval's `hf` model with the prompts of LTG-BERT-family causal LMs shaped as in training.
+
+    `hf` encodes every text with the tokenizer's special tokens, `[CLS] text [SEP]`, and splits a
+    context from its continuation by encoding both, so the [SEP] after the context takes the first
+    continuation token's place. Here texts are encoded without special tokens and every scored
+    sequence starts with [CLS] (`hf_ltg.scoring.causal_prefix`): `[CLS] context continuation`, as
+    in training. Generation goes through the model's `generate`, which drops a prompt's closing
+    [SEP]. Tokenizers without a [CLS] token (GPT) are encoded as by `hf`.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    from .scoring import causal_prefix
+
+    class LtgCausalLM(HFLM):
+        @property
+        def _shapes_prompts(self) -> bool:
+            return self.tokenizer.cls_token_id is not None
+
+        @property
+        def prefix_token_id(self) -> int:
+            return causal_prefix(self.tokenizer)[0] if self._shapes_prompts else super().prefix_token_id
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len=None, **kwargs):
+            if self._shapes_prompts and add_special_tokens is None:
+                add_special_tokens = False  # [CLS] goes before the whole sequence only (_encode_pair)
+            return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+
+        def _encode_pair(self, context: str, continuation: str):
+            context_enc, continuation_enc = super()._encode_pair(context, continuation)
+            return ([self.prefix_token_id] + context_enc if self._shapes_prompts else context_enc), continuation_enc
+
+    return LtgCausalLM
+
+
+def __getattr__(name):
+    # the causal class subclasses lm-eval's hf model, whose import takes seconds: made on first use
+    if name == "LtgCausalLM":
+        globals()[name] = cls = _causal_lm_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Lazy entries, so that lm-eval imports this module (again, when it runs as __main__) only to use it.
 model_registry.register(MODEL_NAME, target=f"{__spec__.name if __spec__ else __name__}:LtgMaskedLM")
+model_registry.register(CAUSAL_MODEL_NAME, target=f"{__spec__.name if __spec__ else __name__}:LtgCausalLM")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,3 +127,27 @@ def test_closing_sep_is_found_where_transformers_4_dropped_it_from_the_config(mo
     finally:
         model.config.sep_token_id = tokenizer.sep_token_id
     assert seen == inputs["input_ids"][0, :-1].tolist()
+
+
+def test_lm_eval_ltg_causal_scores_continuations_after_cls_and_the_context(model, tokenizer):
+    """lm-eval's `hf` model would score `[CLS] context [SEP]`-shifted tokens; `ltg-causal` scores the
+    continuation after `[CLS] context`, as training shaped it (and as eval-pairs does)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+
+    import hf_ltg.lm_eval  # noqa: F401 - registers ltg-causal
+    from hf_ltg.scoring import causal_scores
+
+    lm = get_model("ltg-causal")(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=2, device="cpu")
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(PROMPT, CONTINUATION), idx=0),
+                Instance(request_type="loglikelihood", doc={}, arguments=("", PROMPT), idx=1)]
+    got = [log_likelihood for log_likelihood, _ in lm.loglikelihood(requests)]
+    context = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    continuation = tokenizer(CONTINUATION, add_special_tokens=False)["input_ids"]
+    want = causal_scores(model, [([tokenizer.cls_token_id, *context], continuation),
+                                 ([tokenizer.cls_token_id], context)])
+    assert got == pytest.approx([score.log_likelihood for score in want], abs=1e-4)
+    rolling = lm.loglikelihood_rolling([Instance(request_type="loglikelihood_rolling", doc={}, arguments=(PROMPT,),
+                                                 idx=0)])
+    assert rolling[0] == pytest.approx(want[1].log_likelihood, abs=1e-4)
