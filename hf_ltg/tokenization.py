@@ -199,7 +199,15 @@ def save_tokenizer(tokenizer, folder: str | os.PathLike, config=None) -> None:
                 setattr(tokenizer, f"{kind}_token", tokenizer.convert_ids_to_tokens(token_id))
     tokenizer.save_pretrained(folder)
     make_tokenizer_config_portable(folder)
+    name_model_inputs(folder)
+
+
+def name_model_inputs(folder: str | os.PathLike) -> None:
+    """Make `folder/tokenizer_config.json` name `MODEL_INPUT_NAMES` (no `token_type_ids`, which 4.x
+    tokenizers otherwise return and our models do not use)."""
     path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("model_input_names") != MODEL_INPUT_NAMES:
         config["model_input_names"] = list(MODEL_INPUT_NAMES)

@@ -236,11 +236,20 @@ def check_bf16(name, config, models, tokenizer, checks):
                 checks.record("bf16 forward + generate", False, f"generate: {error(exc)}")
 
 
+def check_config(folder, config, checks, check="config = config.json"):
+    """The token ids and flags the folder saved, as the loaded config holds them (4.x's base class resets some)."""
+    saved = json.loads((folder / "config.json").read_text())
+    keys = [k for k in saved if k.endswith("_token_id") or k in ("tie_word_embeddings", "use_cache", "is_decoder")]
+    wrong = [f"{k}={getattr(config, k, None)!r}, saved {saved[k]!r}" for k in keys if getattr(config, k, None) != saved[k]]
+    checks.record(check, not wrong, "; ".join(wrong[:3]) or f"{len(keys)} fields")
+
+
 def check_folder(folder, reference, tensors, tokenizer_output):
     folder = Path(folder)
     name = folder.name
     checks = Checks(reference)
     config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    check_config(folder, config, checks)
     check_tokenizer(folder, config, checks, tokenizer_output)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
     models = check_heads(folder, name, config, tokenizer, checks, tensors)

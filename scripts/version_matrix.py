@@ -35,6 +35,7 @@ VERSIONS = ("4.57.6", "5.0.0", "5.23.0", "5.24.0", "5.25.0")
 TORCH = "2.13.0"
 FAMILY_CODE = {"ltg_gpt": REPO / "hf_ltg" / "gpt", "ltg_bert": REPO / "hf_ltg" / "ltg_bert"}
 COLUMNS = (
+    "config = config.json",
     "load + forward (every head)",
     "fp32 logits = reference",
     "greedy: cache = no cache, padded = alone",
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
                     break
     for version, results in rows.items():
         if "error" not in results:
-            compared = {name: checks.get(COLUMNS[1], [False, ""])[1] for name, checks in results["checkpoints"].items()}
+            compared = {name: checks.get("fp32 logits = reference", [False, ""])[1] for name, checks in results["checkpoints"].items()}
             print(f"  {version} fp32 logits: " + "; ".join(f"{n} {d}" for n, d in compared.items()), file=sys.stderr)
     print(f"reference: this interpreter (transformers {reference['transformers']}); "
           f"{len(folders)} checkpoints; {time.monotonic() - start:.0f} s", file=sys.stderr)

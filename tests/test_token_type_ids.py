@@ -81,7 +81,7 @@ def test_gpt_token_type_embeddings_match_transformers_gpt2():
     with torch.no_grad():
         want = gpt2(input_ids=ids, token_type_ids=types).logits
         got = ours(input_ids=ids, token_type_ids=types).logits
-        ignored = LtgGptForCausalLM(config_from_gpt2(gpt2.config.to_dict())).eval()
+        ignored = LtgGptForCausalLM(config_from_gpt2(gpt2.config.to_dict(), token_type_embeddings=False)).eval()
         ignored.load_state_dict(state, strict=False)
         ignored.tie_weights()
         plain = ignored(input_ids=ids, token_type_ids=types).logits
@@ -100,3 +100,26 @@ def test_saved_tokenizers_return_no_token_type_ids_even_with_transformers_4_defa
     monkeypatch.setattr(PreTrainedTokenizerFast, "model_input_names", TRANSFORMERS_4_INPUT_NAMES)
     loaded = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok")
     assert list(loaded("The cat sat")) == ["input_ids", "attention_mask"]
+
+
+def test_a_converted_gpt2_adds_token_types_as_gpt2_does_and_its_tokenizer_returns_none(tmp_path):
+    """`convert --from hf-gpt2` keeps GPT-2's behaviour for explicit token_type_ids; the copied
+    tokenizer names no token_type_ids, so a 4.x tokenizer does not add any by itself."""
+    from transformers import GPT2LMHeadModel
+
+    from hf_ltg.conversion import convert_from_hf_gpt2
+
+    torch.manual_seed(0)
+    gpt2 = randomize_(GPT2LMHeadModel(tiny_gpt2_config())).eval()
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "gpt2" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    out = convert_from_hf_gpt2(tmp_path / "gpt2", tmp_path / "out")
+
+    ours = LtgGptForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, EOS]])
+    types = torch.tensor([[0, 0, 1, 1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids, token_type_ids=types).logits,
+                                   gpt2(input_ids=ids, token_type_ids=types).logits, rtol=1e-4, atol=1e-4)
+    saved = json.loads((out / "tokenizer_config.json").read_text())
+    assert saved["model_input_names"] == ["input_ids", "attention_mask"]

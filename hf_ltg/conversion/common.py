@@ -63,7 +63,7 @@ def read_json_config(path) -> dict:
 def copy_tokenizer_files(src_folder: Path, out_folder: Path) -> list[str]:
     """Copy whichever tokenizer files sit in `src_folder` into `out_folder`, with a tokenizer_config.json
     that transformers 4.x and 5.x load without remote code (see `make_tokenizer_config_portable`)."""
-    from ..tokenization import make_tokenizer_config_portable
+    from ..tokenization import make_tokenizer_config_portable, name_model_inputs
 
     copied = []
     for name in TOKENIZER_FILES:
@@ -71,6 +71,7 @@ def copy_tokenizer_files(src_folder: Path, out_folder: Path) -> list[str]:
             shutil.copy2(src_folder / name, out_folder / name)
             copied.append(name)
     make_tokenizer_config_portable(out_folder)
+    name_model_inputs(out_folder)
     return copied
 
 

@@ -64,6 +64,7 @@ def config_from_gpt2(gpt2: dict, **overrides) -> LtgGptConfig:
         bos_token_id=gpt2.get("bos_token_id", default_eos),
         eos_token_id=gpt2.get("eos_token_id", default_eos),
         pad_token_id=gpt2.get("pad_token_id"),
+        token_type_embeddings=True,  # GPT-2 adds wte(token_type_ids) when a caller passes them
     )
     for key in ("id2label", "label2id", "problem_type"):
         if gpt2.get(key) is not None:

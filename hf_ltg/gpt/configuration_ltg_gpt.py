@@ -144,7 +144,12 @@ class LtgGptConfig(PretrainedConfig):
         self.pad_token_id = pad_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         self._validate()  # before transformers' own validators (5.x), whose errors name no field
+        # transformers 4.x's PretrainedConfig.__init__ sets these from its own defaults: set them again
+        own = {name: getattr(self, name)
+               for name in ("tie_word_embeddings", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id")}
         super().__init__(**kwargs)
+        for name, value in own.items():
+            setattr(self, name, value)
 
     def _validate(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",

@@ -177,7 +177,12 @@ class LtgBertConfig(PretrainedConfig):
         self.mask_token_id = mask_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         self._validate()  # before transformers' own validators (5.x), whose errors name no field
+        # transformers 4.x's PretrainedConfig.__init__ sets these from its own defaults: set them again
+        own = {name: getattr(self, name) for name in ("tie_word_embeddings", "use_cache", "pad_token_id", "bos_token_id",
+                                                       "eos_token_id", "sep_token_id")}
         super().__init__(**kwargs)
+        for name, value in own.items():
+            setattr(self, name, value)
 
     def _validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
