@@ -9,9 +9,11 @@ import sys
 from transformers import PretrainedConfig
 
 # How the projected relative-position table splits into its query-position and key-position
-# halves. "babylm": halves of the whole width, then heads (babylm/train/model.py, NorBERT3 and
-# later LTG models); "bnc": heads first, then halves within each head (the original BNC
-# LTG-BERT, training/model.py). Checkpoints of one layout give wrong outputs under the other.
+# halves. "babylm": halves of the whole width, then heads (babylm/train/model.py, the BabyLM and
+# GPT-BERT wrappers, the 2023-03 NorBERT3 modeling_norbert.py); "bnc": heads first, then halves
+# within each head (the original BNC LTG-BERT, training/model.py, and the modeling_norbert.py the
+# ltg/norbert3-* Hub models ship). Checkpoints of one layout give wrong outputs under the other;
+# `hf-ltg convert` reads a release's layout from its modeling file.
 POSITION_LAYOUTS = ("babylm", "bnc")
 
 # Where the attention output is normalised. "after_out_proj": LTG-BERT (out_proj, then a LayerNorm
@@ -97,6 +99,11 @@ class LtgBertConfig(PretrainedConfig):
             nothing before it: its logits are zeros, so label it -100 (it holds `[CLS]`). The
             causal-LM head is the same with or without the flag (hidden state i predicts token
             i + 1; the loss shifts the labels).
+        masked_lm_suppressed_token_ids: token ids whose masked-LM logits are set to -inf, so that
+            fill-mask never answers them. LTG's Hub releases (NorBERT3, the BabyLM LTG-BERT) do this
+            for their special and unused ids; `hf-ltg convert` reads the range from the release's
+            modeling file. Empty (the default) leaves the logits as the head computes them; the
+            causal-LM and task heads never apply it.
         layer_norm_eps: epsilon of every LayerNorm.
         hidden_dropout_prob: dropout of the embeddings and of every residual branch.
         attention_probs_dropout_prob: dropout of the attention probabilities and of the
@@ -126,6 +133,7 @@ class LtgBertConfig(PretrainedConfig):
         attention_gate: bool = False,
         layer_weighting: bool = False,
         masked_next_token: bool = False,
+        masked_lm_suppressed_token_ids: list[int] | tuple[int, ...] = (),
         layer_norm_eps: float = 1e-7,
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
@@ -153,6 +161,7 @@ class LtgBertConfig(PretrainedConfig):
         self.attention_gate = attention_gate
         self.layer_weighting = layer_weighting
         self.masked_next_token = masked_next_token
+        self.masked_lm_suppressed_token_ids = list(masked_lm_suppressed_token_ids or ())
         self.layer_norm_eps = layer_norm_eps
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
@@ -168,7 +177,12 @@ class LtgBertConfig(PretrainedConfig):
         self.mask_token_id = mask_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         self._validate()  # before transformers' own validators (5.x), whose errors name no field
+        # transformers 4.x's PretrainedConfig.__init__ sets these from its own defaults: set them again
+        own = {name: getattr(self, name) for name in ("tie_word_embeddings", "use_cache", "pad_token_id", "bos_token_id",
+                                                       "eos_token_id", "sep_token_id")}
         super().__init__(**kwargs)
+        for name, value in own.items():
+            setattr(self, name, value)
 
     def _validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -196,7 +210,8 @@ class LtgBertConfig(PretrainedConfig):
         if not isinstance(self.position_layout, str) or self.position_layout not in POSITION_LAYOUTS:
             raise ValueError(
                 f"LtgBertConfig.position_layout {self.position_layout!r} is unknown; use one of {POSITION_LAYOUTS} "
-                f"('babylm' for BabyLM/NorBERT3-style checkpoints, 'bnc' for the original BNC LTG-BERT)."
+                f"('babylm': halves first, as in BabyLM code; 'bnc': heads first, as in the BNC code and the "
+                f"ltg/norbert3-* Hub file)."
             )
         if not isinstance(self.attention_output_norm, str) or self.attention_output_norm not in ATTENTION_OUTPUT_NORMS:
             raise ValueError(
@@ -222,6 +237,13 @@ class LtgBertConfig(PretrainedConfig):
                     f"LtgBertConfig.{name} = {value} is outside the vocabulary [0, {self.vocab_size}); "
                     f"set it to a valid id or None."
                 )
+
+        ids = self.masked_lm_suppressed_token_ids
+        if not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+            raise ValueError(
+                f"LtgBertConfig.masked_lm_suppressed_token_ids must list token ids in [0, {self.vocab_size}), got "
+                f"{ids!r}; list the ids fill-mask must never answer, or leave it empty."
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LtgBertConfig":

@@ -420,7 +420,9 @@ class LtgBertModel(LtgBertPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # a call and an if statement, not conditional expressions: llm-compressor's tracer (GPTQ) wraps
+        # those into opaque functions, which hand the output back as a dict
+        return_dict = _given_or(return_dict, self.config.return_dict)
         use_cache = is_causal and (use_cache if use_cache is not None else self.config.use_cache and not self.training)
         past_key_values = resolve_cache(past_key_values, cache)
         if getattr(past_key_values, "is_compileable", False):  # StaticCache and kin: keys padded to a fixed length
@@ -448,11 +450,17 @@ class LtgBertModel(LtgBertPreTrainedModel):
         all_attentions = () if output_attentions else None
         depth_history = (hidden_states,) if self.config.layer_weighting else ()
         for layer in self.layers:
-            hidden_states, probs, *new_states = layer(
-                hidden_states, relative_embedding, position_buckets, *depth_history, attention_mask=keep,
-                past_key_values=past_key_values, output_attentions=output_attentions, **kwargs,
-            )
-            depth_history += tuple(new_states)
+            # No starred assignment targets, and starred arguments only with layer weighting:
+            # llm-compressor's source tracer (GPTQ) wraps starred tuples and calls into opaque
+            # functions, and a wrapped assignment target is a SyntaxError ("cannot assign to
+            # function call"); under torch.fx the layer's output is a proxy, indexed, never unpacked.
+            options = dict(attention_mask=keep, past_key_values=past_key_values, output_attentions=output_attentions)
+            if self.config.layer_weighting:
+                outputs = layer(hidden_states, relative_embedding, position_buckets, *depth_history, **options, **kwargs)
+                depth_history += (outputs[2], outputs[3])
+            else:
+                outputs = layer(hidden_states, relative_embedding, position_buckets, **options, **kwargs)
+            hidden_states, probs = outputs[0], outputs[1]
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -464,7 +472,9 @@ class LtgBertModel(LtgBertPreTrainedModel):
             attentions=all_attentions,
             **{CACHE_FIELD: past_key_values if use_cache else None},
         )
-        return output if return_dict else output.to_tuple()
+        if not return_dict:
+            return output.to_tuple()
+        return output
 
     def _embed(self, input_ids, inputs_embeds):
         if (input_ids is None) == (inputs_embeds is None):
@@ -512,6 +522,10 @@ def _positions(attention_mask, key_length: int, is_causal: bool, device):
     return torch.arange(key_length, device=device)
 
 
+def _given_or(value, default):
+    return default if value is None else value
+
+
 def _keep_mask(attention_mask, batch: int, length: int, past_length: int, is_causal: bool, device):
     """Boolean [B, 1, Tq, Tk] mask of the keys each query may see, or None when it sees all.
 
@@ -522,7 +536,9 @@ def _keep_mask(attention_mask, batch: int, length: int, past_length: int, is_cau
     keep = None
     if attention_mask is not None:
         expected = (batch, key_length)
-        if tuple(attention_mask.shape) != expected:
+        # (not while compiling or tracing: llm-compressor's tracer sets the compiling flag, and its
+        # proxies' shapes cannot be iterated)
+        if not torch.compiler.is_compiling() and tuple(attention_mask.shape) != expected:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs {expected} "
                 f"([batch, cached + new tokens], 1 = keep, 0 = padding)."
@@ -567,6 +583,9 @@ class LtgBertForMaskedLM(LtgBertPreTrainedModel):
             logits = F.pad(self.lm_head(outputs.last_hidden_state[:, :-1]), (0, 0, 1, 0))
         else:
             logits = self.lm_head(outputs.last_hidden_state)
+        suppressed = getattr(self.config, "masked_lm_suppressed_token_ids", None)
+        if suppressed:  # LTG's releases never predict their special and unused ids
+            logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), float("-inf"))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -603,6 +622,54 @@ class LtgBertForCausalLM(LtgBertPreTrainedModel, GenerationMixin):
         if inputs.get("cache") is not None and inputs.get("past_key_values") is None:
             inputs["past_key_values"] = inputs.pop("cache")
         return inputs
+
+    def generate(self, inputs=None, *args, **kwargs):
+        """GenerationMixin.generate, continuing the prompt as it was shaped in training.
+
+        GPT-BERT's causal windows are `[CLS] tokens`, with [SEP] only where a document ends, but
+        the tokenizer ends every text with [SEP]: the text-generation pipeline and
+        `generate(**tokenizer(text))` would continue after the end of a document. A [SEP] that ends
+        every prompt row (a real token in each) is therefore not given to the model. The returned
+        sequences still begin with the prompt as passed, so slicing it off works as usual; an
+        explicit `max_length`/`min_length` still counts it. Start prompts with [CLS] (the tokenizer does).
+        """
+        prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if not self._ends_with_closing_token(prompt, kwargs.get("attention_mask")) or "inputs_embeds" in kwargs:
+            return super().generate(inputs, *args, **kwargs)
+        length = prompt.shape[1]
+        kwargs = {name: value[..., :-1] if torch.is_tensor(value) and value.ndim == 2 and value.shape[1] == length
+                  and name in ("attention_mask", "token_type_ids", "position_ids") else value
+                  for name, value in kwargs.items()}
+        for name in ("max_length", "min_length"):
+            if isinstance(kwargs.get(name), int):
+                kwargs[name] -= 1
+        if inputs is not None:
+            inputs = prompt[:, :-1]
+        else:
+            kwargs["input_ids"] = prompt[:, :-1]
+        output = super().generate(inputs, *args, **kwargs)
+        sequences = output if torch.is_tensor(output) else getattr(output, "sequences", None)
+        if sequences is None:
+            return output
+        closing = prompt[:, -1:].repeat_interleave(sequences.shape[0] // prompt.shape[0], dim=0)  # beams, samples
+        sequences = torch.cat([sequences[:, :length - 1], closing.to(sequences.device), sequences[:, length - 1:]], 1)
+        if torch.is_tensor(output):
+            return sequences
+        output.sequences = sequences
+        return output
+
+    def _ends_with_closing_token(self, input_ids, attention_mask) -> bool:
+        # transformers 4.x's PretrainedConfig.__init__ resets sep_token_id (and bos/eos/pad) to None;
+        # the generation config, read from generation_config.json, still has the end-of-text id
+        sep = self.config.sep_token_id
+        if sep is None:
+            sep = getattr(getattr(self, "generation_config", None), "eos_token_id", None)
+            sep = sep if isinstance(sep, int) else None
+        return (
+            torch.is_tensor(input_ids) and input_ids.ndim == 2 and input_ids.shape[1] >= 2 and sep is not None
+            and not input_ids.is_floating_point() and bool((input_ids[:, -1] == sep).all())
+            and (attention_mask is None or attention_mask.ndim != 2 or bool(attention_mask[:, -1].bool().all()))
+        )
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                 past_key_values=None, use_cache=None, labels=None, logits_to_keep: int | torch.Tensor = 0,

@@ -1,9 +1,10 @@
 """Speed paths of the LTG GPT model, each with the plain PyTorch op it stands in for.
 
 `modeling_ltg_gpt.py` uses three things from here, and reads the same without them:
-- `Linear`: `nn.Linear` whose CPU products may run through oneDNN (faster than MKL at every
-  GPT-2 shape on 2 cores) or, for 16-bit products on a CPU without native 16-bit matrix
-  instructions, in fp32 on the same rounded operands;
+- `linear(module, x)`: `module(x)` for its `nn.Linear` layers, whose CPU products may run through
+  oneDNN (faster than MKL at every GPT-2 shape on 2 cores) or, for 16-bit products on a CPU
+  without native 16-bit matrix instructions, in fp32 on the same rounded operands; the layers
+  stay plain `nn.Linear` modules, which quantizers and adapters recognise by type;
 - `Dropout` / `fast_dropout`: CPU dropout masks from 16-bit random numbers;
 - `chunked_causal_lm_loss`: the causal-LM cross-entropy without the full logits tensor.
 
@@ -15,7 +16,9 @@ Tracing, scripting, ONNX export and compiled graphs always take the plain ops.
 Copied into every checkpoint beside the model file: imports only torch.
 """
 
+import functools
 import math
+import sys
 import weakref
 
 import torch
@@ -60,7 +63,13 @@ def _close(got, want, dtype) -> bool:
 
 
 def _tracing_or_exporting() -> bool:
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return (
+        torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _FX_SYMBOLIC_TRACING()
+    )
+
+
+# torch.fx's symbolic tracing (transformers' and llm-compressor's tracers): the inputs are proxies
+_FX_SYMBOLIC_TRACING = getattr(getattr(torch.fx, "_symbolic_trace", None), "is_fx_symbolic_tracing", lambda: False)
 
 
 def plain_ops_required() -> bool:
@@ -76,8 +85,9 @@ def plain_ops_required() -> bool:
 # looked up, probed and never relied upon.
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _ONEDNN_LINEAR is not None else None
-# Linear -> (the weight's identity and version, its reordered copy); see `pack_cpu_weights`.
-# Outside the modules, so that copying or pickling a model never meets oneDNN's opaque tensors.
+# nn.Linear -> None (packing on, nothing packed yet) or (the weight's identity and version, its
+# reordered copy); see `pack_cpu_weights`. Outside the modules, so that copying or pickling a model
+# never meets oneDNN's opaque tensors.
 _PACKED_WEIGHTS = weakref.WeakKeyDictionary()
 # True for tensors inside torch.func transforms (grad, vmap), which a plain autograd.Function cannot serve
 _IS_FUNCTORCH_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda t: False)
@@ -212,8 +222,13 @@ class _Fp32ProductLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same results) with faster CPU products where they are safe.
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` for the model's linear layers, with faster CPU products where they are safe.
+
+    The layers are plain `nn.Linear` modules, which quantizers (bitsandbytes, quanto, llm-compressor)
+    and adapters recognise by type and replace or wrap. Only a plain `nn.Linear` that nothing hooks
+    takes the paths below; anything else (a quantized or adapter layer, a layer with hooks or a
+    replaced forward, a traced, exported or compiled graph) runs as `module(x)`.
 
     - fp32 and bf16 on CPU, where oneDNN's linear passed its probe: oneDNN for inference (MKL,
       which `F.linear` calls for fp32, keeps few-row products such as decoding on one core) and,
@@ -221,69 +236,107 @@ class Linear(nn.Linear):
     - 16-bit products (bf16 weights, or autocast) on a CPU that emulates them: the products in fp32
       on the same 16-bit operands, rounded once (5x faster there; same numbers up to summation order).
     - Everywhere else (CUDA, other dtypes, tensor-subclass weights such as torchao's, torch.func
-      transforms, tracing, export, compiled graphs): `F.linear`.
-    With `pack_weight` set, CPU inference uses a copy of the weight reordered into oneDNN's blocked
-    layout (`pack_cpu_weights`), remade when the weight changes.
+      transforms): `F.linear`.
+    With `pack_cpu_weights`, CPU inference uses a copy of the weight reordered into oneDNN's blocked
+    layout, remade when the weight changes.
+
+    An adapter layer (peft's, which keep the wrapped layer as `base_layer`) runs its own forward,
+    with the product of an unhooked plain `nn.Linear` base layer on these paths: LoRA training on
+    CPU keeps oneDNN's frozen-weight products (with `F.linear` instead, LoRA steps on GPT-2 small ran
+    1.3-2.5x slower, one thread of a shared 2-core machine).
     """
-
-    pack_weight = False
-
-    def forward(self, x):
-        weight, bias = self.weight, self.bias
-        if x.device.type != "cpu" or type(weight.data) is not torch.Tensor or plain_ops_required():
-            return F.linear(x, weight, bias)
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return F.linear(x, weight, bias)
-        if dtype != torch.float32 and not native_16bit_matmul(dtype):
-            # Emulated 16-bit products cost rows x weight; fp32 ones cost the weight's conversion
-            # once, then about a fifth per row: fp32 wins from ~12 rows (~32 for a vocabulary-sized head).
-            rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-            if rows < (32 if weight.numel() > 2**23 else 12) or _IS_FUNCTORCH_WRAPPED(x) or _IS_FUNCTORCH_WRAPPED(weight):
-                return F.linear(x, weight, bias)
-            with torch.autocast("cpu", enabled=False):
-                args = (t if t is None else t.to(dtype) for t in (x, weight, bias))
-                return _Fp32ProductLinearFunction.apply(*args)
-        if autocast or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
-            return F.linear(x, weight, bias)
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        )
+    if plain_ops_required():
+        return module(x)
+    if type(module) is not nn.Linear:
+        base = getattr(module, "base_layer", None)
+        if type(base) is not nn.Linear or _hooked(base):
+            return module(x)
+        # for this call only: a forward kept on the instance would follow copies (DataParallel's
+        # replicas share the instance dict) and break pickling
+        base.forward = functools.partial(_fast_linear, base)
         try:
-            if not needs_grad and onednn_linear_works(dtype):
-                if self.pack_weight and onednn_packing_works(dtype):
-                    weight = self._packed(weight)
-                return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
-            if (
-                needs_grad
-                and onednn_training_linear_works(dtype)
-                and not (_IS_FUNCTORCH_WRAPPED(x) or _IS_FUNCTORCH_WRAPPED(weight))
-            ):
-                return _OneDnnLinearFunction.apply(x, weight, bias)
-        except RuntimeError:  # a shape or layout the probe did not meet: plain op from now on
-            _disable("onednn_linear", dtype)
-        return F.linear(x, self.weight, bias)
+            return module(x)
+        finally:
+            del base.forward
+    if _hooked(module):
+        return module(x)
+    return _fast_linear(module, x)
 
-    def _packed(self, weight):
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
-        entry = _PACKED_WEIGHTS.get(self)
-        if entry is None or entry[0] != key:
-            entry = _PACKED_WEIGHTS[self] = (key, _ONEDNN_PACK(weight.detach(), 1))  # laid out for a few rows
-        return entry[1]
+
+def _fast_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    weight, bias = module.weight, module.bias
+    if x.device.type != "cpu" or type(weight.data) is not torch.Tensor:
+        return F.linear(x, weight, bias)
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return F.linear(x, weight, bias)
+    if dtype != torch.float32 and not native_16bit_matmul(dtype):
+        # Emulated 16-bit products cost rows x weight; fp32 ones cost the weight's conversion
+        # once, then about a fifth per row: fp32 wins from ~12 rows (~32 for a vocabulary-sized head).
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if rows < (32 if weight.numel() > 2**23 else 12) or _IS_FUNCTORCH_WRAPPED(x) or _IS_FUNCTORCH_WRAPPED(weight):
+            return F.linear(x, weight, bias)
+        with torch.autocast("cpu", enabled=False):
+            args = (t if t is None else t.to(dtype) for t in (x, weight, bias))
+            return _Fp32ProductLinearFunction.apply(*args)
+    if autocast or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        return F.linear(x, weight, bias)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    try:
+        if not needs_grad and onednn_linear_works(dtype):
+            if module in _PACKED_WEIGHTS and onednn_packing_works(dtype):
+                weight = _packed(module, weight)
+            return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+        if (
+            needs_grad
+            and onednn_training_linear_works(dtype)
+            and not (_IS_FUNCTORCH_WRAPPED(x) or _IS_FUNCTORCH_WRAPPED(weight))
+        ):
+            return _OneDnnLinearFunction.apply(x, weight, bias)
+    except RuntimeError:  # a shape or layout the probe did not meet: plain op from now on
+        _disable("onednn_linear", dtype)
+    return F.linear(x, module.weight, bias)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling `module` would run more than its forward: hooks (llm-compressor's calibration,
+    accelerate's offloading), a forward replaced on the instance, or global module hooks."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+        or getattr(module, "_backward_pre_hooks", None) or "forward" in module.__dict__
+        or any(getattr(_TORCH_MODULE, name, None) for name in _GLOBAL_HOOKS)
+    )
+
+
+_TORCH_MODULE = sys.modules[nn.Module.__module__]  # torch.nn.modules.module, which keeps the global hooks
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def _packed(module, weight):
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
+    entry = _PACKED_WEIGHTS.get(module)
+    if entry is None or entry[0] != key:
+        entry = _PACKED_WEIGHTS[module] = (key, _ONEDNN_PACK(weight.detach(), 1))  # laid out for a few rows
+    return entry[1]
 
 
 def pack_cpu_weights(model: nn.Module, enabled: bool = True) -> None:
-    """Turn the reordered weight copies of every `Linear` in `model` on (made on first use) or off (freed)."""
+    """Turn the reordered weight copies of every plain `nn.Linear` in `model` on (made on first use
+    through `linear`) or off (freed)."""
     if enabled and _ONEDNN_PACK is None:
         raise RuntimeError(
             "pack_cpu_weights needs oneDNN's weight reordering (torch.ops.mkldnn._reorder_linear_weight), "
             "which this torch build does not have; run without packing."
         )
     for module in model.modules():
-        if isinstance(module, Linear):
-            module.pack_weight = enabled
-            if not enabled:
+        if type(module) is nn.Linear:
+            if enabled:
+                _PACKED_WEIGHTS.setdefault(module, None)
+            else:
                 _PACKED_WEIGHTS.pop(module, None)
 
 

@@ -67,6 +67,10 @@ class LtgGptConfig(PretrainedConfig):
         qkv_bias: whether the fused query/key/value projection has a bias.
         score_bias: whether the sequence-classification head `score` has a bias (GPT-2's has
             none; classifiers converted from "GPT from scratch" models do).
+        token_type_embeddings: whether `token_type_ids`, when a forward gets them, add
+            `wte(token_type_ids)` to the input embeddings, as GPT-2 does. Off by default: the ids
+            are then accepted and ignored (the family's tokenizers return none, but a tokenizer
+            saved for transformers 4.x may, and `generate(**tokenizer(text))` passes them on).
         initializer_range: standard deviation of the normal initialisation.
         tie_word_embeddings: share the LM head with the token embedding.
         use_cache: return the key/value cache by default.
@@ -106,6 +110,7 @@ class LtgGptConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         qkv_bias: bool = True,
         score_bias: bool = False,
+        token_type_embeddings: bool = False,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -130,6 +135,7 @@ class LtgGptConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.qkv_bias = qkv_bias
         self.score_bias = score_bias
+        self.token_type_embeddings = token_type_embeddings
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
         self.use_cache = use_cache
@@ -138,7 +144,12 @@ class LtgGptConfig(PretrainedConfig):
         self.pad_token_id = pad_token_id
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         self._validate()  # before transformers' own validators (5.x), whose errors name no field
+        # transformers 4.x's PretrainedConfig.__init__ sets these from its own defaults: set them again
+        own = {name: getattr(self, name)
+               for name in ("tie_word_embeddings", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id")}
         super().__init__(**kwargs)
+        for name, value in own.items():
+            setattr(self, name, value)
 
     def _validate(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
@@ -164,7 +175,7 @@ class LtgGptConfig(PretrainedConfig):
             raise ValueError(
                 f"LtgGptConfig.initializer_range must be a finite number >= 0, got {self.initializer_range!r}."
             )
-        for name in ("qkv_bias", "score_bias", "tie_word_embeddings", "use_cache"):
+        for name in ("qkv_bias", "score_bias", "token_type_embeddings", "tie_word_embeddings", "use_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LtgGptConfig.{name} must be true or false, got {getattr(self, name)!r}.")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):

@@ -9,14 +9,21 @@ falling back to a float matmul of the same integers where no int8 kernel exists.
 dequantized weight columns. `config.quantization` records the scheme and the quantized module
 names; the model's `post_init` calls `quantize_linear_layers_`, so `from_pretrained` loads int8
 weights directly. hf_ltg.quantization builds the user-facing entry points on this file.
+The weight-only schemes ("int8-weight-only", "int4-weight-only": float activations, fewer bytes
+per weight for decoding) live in the sibling `weight_only_ltg_gpt.py`; `quantize_linear_layers_`
+builds either kind from the recorded scheme.
 
-Copied into every GPT checkpoint beside the model file: imports only torch.
+Copied into every GPT checkpoint beside the model file: imports only torch and its siblings.
 """
 
 import torch
 from torch import nn
 
-QUANTIZATION_SCHEMES = ("absmax", "zeropoint", "llm-int8")
+from .weight_only_ltg_gpt import WEIGHT_ONLY_LAYERS
+
+# activations quantized per token and multiplied in int8 (this file)
+INT8_PRODUCT_SCHEMES = ("absmax", "zeropoint", "llm-int8")
+QUANTIZATION_SCHEMES = INT8_PRODUCT_SCHEMES + tuple(WEIGHT_ONLY_LAYERS)
 
 
 def quantize_absmax(tensor: torch.Tensor):
@@ -84,8 +91,9 @@ class LtgGptInt8Linear(nn.Module):
 
     def __init__(self, in_features, out_features, bias=True, scheme="absmax", threshold=6.0, device=None, dtype=None):
         super().__init__()
-        if scheme not in QUANTIZATION_SCHEMES:
-            raise ValueError(f"Unknown quantization scheme {scheme!r}; choose one of {QUANTIZATION_SCHEMES}.")
+        if scheme not in INT8_PRODUCT_SCHEMES:
+            raise ValueError(f"Unknown int8-product scheme {scheme!r}; choose one of {INT8_PRODUCT_SCHEMES} "
+                             f"(the weight-only schemes {tuple(WEIGHT_ONLY_LAYERS)} have layers of their own).")
         if scheme == "llm-int8" and not (threshold is not None and threshold > 0):
             raise ValueError(
                 f"The llm-int8 outlier threshold must be a positive number, got {threshold!r}; "
@@ -182,17 +190,25 @@ def _quantization_prefix(model) -> str:
 
 def quantize_linear_layers_(model, quantization: dict) -> list[str]:
     """Replace, in place, each `nn.Linear` of `model` named in `quantization["modules"]` by an
-    `LtgGptInt8Linear`; returns the replaced names. Real weights are quantized; weights on the meta
-    device (`from_pretrained`) give empty int8 modules that the checkpoint then fills.
+    `LtgGptInt8Linear` (or, for a weight-only scheme, its `weight_only_ltg_gpt` layer); returns the
+    replaced names. Real weights are quantized; weights on the meta device (`from_pretrained`) give
+    empty quantized modules that the checkpoint then fills.
     """
     scheme, threshold = quantization.get("scheme"), quantization.get("threshold", 6.0)
+    if scheme not in QUANTIZATION_SCHEMES:
+        raise ValueError(f"The checkpoint's quantization scheme {scheme!r} is unknown to this model file; it knows "
+                         f"{', '.join(QUANTIZATION_SCHEMES)} (a newer hf_ltg wrote it: update the model files).")
+    weight_only = WEIGHT_ONLY_LAYERS.get(scheme)
     wanted = set(quantization.get("modules", ()))
     prefix = _quantization_prefix(model)
     replaced = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or f"{prefix}{name}" not in wanted:
             continue
-        if module.weight.is_meta:
+        if weight_only is not None:
+            new = (weight_only(module.in_features, module.out_features, module.bias is not None, device="meta",
+                               dtype=module.weight.dtype) if module.weight.is_meta else weight_only.from_linear(module))
+        elif module.weight.is_meta:
             new = LtgGptInt8Linear(module.in_features, module.out_features, module.bias is not None, scheme,
                                    threshold, device="meta", dtype=module.weight.dtype)
         else:

@@ -7,10 +7,14 @@ LayerNorm and an LM head tied to the token embedding: GPT-2 exactly, with a fuse
 The file reads as the model: attention, MLP, block, model, heads. Its CPU speed paths (oneDNN
 products, 16-bit dropout masks, the chunked loss) live in `kernels_ltg_gpt.py`, each probed on the
 machine before use and with the plain op as its fallback; int8 layers live in `int8_ltg_gpt.py`.
+The linear layers are plain `nn.Linear` modules, which quantizers (bitsandbytes, quanto,
+llm-compressor) and adapters find by type; the model calls them as `linear(layer, x)`, which is
+`layer(x)` with the CPU fast path for an unwrapped, unhooked layer.
 The three files are copied into every checkpoint next to `configuration_ltg_gpt.py`: they import
 only torch, transformers and each other, never hf_ltg.
 """
 
+import importlib
 import inspect
 import math
 import types
@@ -18,6 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import cache_utils
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -35,12 +40,16 @@ from .configuration_ltg_gpt import LtgGptConfig
 from .int8_ltg_gpt import quantize_linear_layers_
 from .kernels_ltg_gpt import (
     Dropout,
-    Linear,
     chunked_causal_lm_loss,
     emulated_16bit_autocast,
     fast_dropout,
+    linear,
     pack_cpu_weights,
 )
+
+# int8_ltg_gpt's own sibling, imported here too: transformers 4.x and 5.0 copy only the model file's
+# relative imports into their module cache, not those of its siblings.
+from .weight_only_ltg_gpt import WEIGHT_ONLY_LAYERS  # noqa: F401
 
 try:  # transformers >= 5: initialisers that skip tensors loaded from a checkpoint
     from transformers import initialization as init
@@ -52,6 +61,9 @@ except ImportError:  # transformers 4.x: torch.nn.init, skipping tensors the loa
 
     init = types.SimpleNamespace(**{name: _skip_loaded(getattr(nn.init, name)) for name in ("normal_", "zeros_", "ones_")})
 
+# generate's preallocated KV cache (`cache_implementation="static"`); every supported release has it
+STATIC_CACHE = getattr(cache_utils, "StaticCache", None)
+
 # transformers <= 5.0 build the causal mask from explicit cache positions; later releases derive
 # them from the cache.
 MASK_TAKES_CACHE_POSITION = "cache_position" in inspect.signature(create_causal_mask).parameters
@@ -60,6 +72,18 @@ MASK_TAKES_CACHE_POSITION = "cache_position" in inspect.signature(create_causal_
 # output fields, generate). This file runs on both sides of the rename: forwards take either
 # name and outputs use the field the installed version declares.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _gathered_column_style() -> str:
+    """transformers' tensor-parallel style for a column-split linear whose output is gathered on every
+    rank (what a tied LM head needs): `colwise_gather_output`, which older releases call `colwise_rep`."""
+    for name in ("transformers.distributed.tensor_parallel", "transformers.integrations.tensor_parallel"):
+        try:
+            styles = importlib.import_module(name).ALL_PARALLEL_STYLES
+            return "colwise_gather_output" if "colwise_gather_output" in styles else "colwise_rep"
+        except (ImportError, AttributeError, TypeError):
+            continue
+    return "colwise_rep"
 
 
 def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
@@ -71,6 +95,27 @@ def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache |
             "prefix tuning passes its prefix as `past_key_values`)."
         )
     return cache if cache is not None else past_key_values
+
+
+def preallocated_cache_on_cpu(model, kwargs: dict) -> dict:
+    """`generate`'s keyword arguments with `cache_implementation="static"` for a model on CPU, where
+    the caller passed no cache, no cache choice (argument or generation config), `use_cache=False`,
+    beam search or an assistant model, and no wrapper replaced the step inputs (peft's prompt
+    learning sets its own `prepare_inputs_for_generation` on the instance and builds the cache
+    itself); otherwise `kwargs` unchanged."""
+    config = kwargs.get("generation_config") or model.generation_config
+    chosen = ("past_key_values", "cache", "cache_implementation", "assistant_model", "prompt_lookup_num_tokens")
+    if (
+        model.device.type != "cpu"
+        or "prepare_inputs_for_generation" in vars(model)
+        or STATIC_CACHE is None
+        or any(kwargs.get(name) is not None for name in chosen)
+        or getattr(config, "cache_implementation", None) is not None
+        or kwargs.get("use_cache", getattr(config, "use_cache", True)) is False
+        or (kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1) != 1
+    ):
+        return kwargs
+    return {**kwargs, "cache_implementation": "static"}
 
 
 def positions_from_mask(attention_mask, past_length: int, length: int, device) -> torch.LongTensor:
@@ -115,8 +160,8 @@ class LtgGptAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.qkv_proj = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.out_proj = Linear(config.hidden_size, config.hidden_size)
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.resid_dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, output_attentions=False, **kwargs):
@@ -124,11 +169,14 @@ class LtgGptAttention(nn.Module):
         # Heads as -1 and the split as a literal triple: under tensor parallelism (transformers'
         # tp_plan, vLLM's packed-QKV fusion) this rank holds only some heads of each projection.
         width = self.config.hidden_size
-        query, key, value = self.qkv_proj(hidden_states).split((width, width, width), dim=-1)
+        query, key, value = linear(self.qkv_proj, hidden_states).split((width, width, width), dim=-1)
         query, key, value = (x.view(batch, length, -1, self.head_dim).transpose(1, 2) for x in (query, key, value))
         # each (B, nh, T, hs)
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+            # a static cache of releases before 5.x writes at the cache positions it is given (later ones count)
+            position = kwargs.get("cache_position")
+            cache_kwargs = {"cache_position": position} if position is not None else None
+            key, value = past_key_values.update(key, value, self.layer_idx, cache_kwargs)  # (B, nh, S, hs)
 
         attention_dropout = self.config.attention_dropout if self.training else 0.0
         attention_interface = eager_attention_forward
@@ -154,22 +202,22 @@ class LtgGptAttention(nn.Module):
             output, weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=attention_dropout, scaling=self.scaling, **kwargs
             )
-        output = self.resid_dropout(self.out_proj(output.reshape(batch, length, -1)))
+        output = self.resid_dropout(linear(self.out_proj, output.reshape(batch, length, -1)))
         return output, weights
 
 
 class LtgGptMLP(nn.Module):
     def __init__(self, config: LtgGptConfig):
         super().__init__()
-        self.fc_in = Linear(config.hidden_size, config.intermediate_size)
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         # GPT-2's "gelu_new" is the tanh approximation of GELU: the fused kernel computes the same
         # function in one pass (transformers' NewGELUActivation takes eight, and saves their outputs).
         self.act = ACT2FN["gelu_pytorch_tanh" if config.activation == "gelu_new" else config.activation]
-        self.fc_out = Linear(config.intermediate_size, config.hidden_size)
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, hidden_states):
-        return self.dropout(self.fc_out(self.act(self.fc_in(hidden_states))))
+        return self.dropout(linear(self.fc_out, self.act(linear(self.fc_in, hidden_states))))
 
 
 class LtgGptBlock(GradientCheckpointingLayer):
@@ -273,8 +321,11 @@ class LtgGptModel(LtgGptPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
+        """`token_type_ids` (B, T) add `wte(token_type_ids)` to the embeddings, as in GPT-2, when
+        `config.token_type_embeddings` is set; otherwise they are accepted and ignored."""
         past_key_values = resolve_cache(past_key_values, cache)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -314,7 +365,11 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past_length, length, inputs_embeds.device)
 
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))  # (B, T, D)
+        hidden_states = inputs_embeds + self.wpe(position_ids)  # (B, T, D)
+        if token_type_ids is not None and self.config.token_type_embeddings:
+            self._check_token_ids(token_type_ids, "token_type_ids")
+            hidden_states = hidden_states + self.wte(token_type_ids.view(-1, length))
+        hidden_states = self.drop(hidden_states)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
         if MASK_TAKES_CACHE_POSITION:
             cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
@@ -352,7 +407,7 @@ class LtgGptModel(LtgGptPreTrainedModel):
             **{CACHE_FIELD: returned_cache},
         )
 
-    def _check_token_ids(self, input_ids):
+    def _check_token_ids(self, input_ids, name="input_ids"):
         # An out-of-range id would otherwise be an opaque IndexError (or a device assert on GPU).
         if torch.compiler.is_compiling() or input_ids.numel() == 0:
             return
@@ -360,7 +415,7 @@ class LtgGptModel(LtgGptPreTrainedModel):
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(
-                f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
+                f"{name} contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size}); "
                 "check that the tokenizer matches the model (len(tokenizer) <= config.vocab_size)."
             )
 
@@ -391,11 +446,15 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    # The head shares the embedding's weight but is a linear of its own: under the config's
+    # base_model_tp_plan (tp_plan="auto") it needs its own entry, as Llama's head has,
+    # or F.linear would meet a replicated input and a sharded weight.
+    _tp_plan = {"lm_head": _gathered_column_style()}
 
     def __init__(self, config: LtgGptConfig):
         super().__init__(config)
         self.transformer = LtgGptModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -403,6 +462,12 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`; on CPU, unless the caller chose a cache, with a preallocated
+        (static) KV cache: the default dynamic cache concatenates, so copies the whole cache, at every
+        token (13 % of a GPT-2 small decoding step on 2 cores). Same tokens, still the Cache API."""
+        return super().generate(*args, **preallocated_cache_on_cpu(self, kwargs))
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         """GenerationMixin's step inputs, with the KV cache under `past_key_values` (forward takes
@@ -429,6 +494,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         """`labels` are the input ids themselves (-100 to ignore); the loss shifts them."""
@@ -439,6 +505,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             past_key_values=past_key_values,
             cache=cache,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -455,7 +522,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
                 hidden_states = hidden_states[:, keep]
             else:
                 hidden_states = hidden_states[:, logits_to_keep]
-            logits = self.lm_head(hidden_states)
+            logits = linear(self.lm_head, hidden_states)
             loss = None
             if labels is not None:
                 loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -478,7 +545,7 @@ class LtgGptForCausalLM(LtgGptPreTrainedModel, GenerationMixin):
             self.training
             and isinstance(logits_to_keep, int)
             and logits_to_keep == 0
-            and type(head) is Linear
+            and type(head) is nn.Linear
             and head.bias is None
             and not (head._forward_hooks or head._forward_pre_hooks or "forward" in head.__dict__)
         )
@@ -515,6 +582,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: Cache | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -524,6 +592,7 @@ class LtgGptForSequenceClassification(LtgGptPreTrainedModel):
             position_ids=position_ids,
             past_key_values=past_key_values,
             cache=cache,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -604,6 +673,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        token_type_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -611,6 +681,7 @@ class LtgGptForTokenClassification(LtgGptPreTrainedModel):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
             use_cache=False,
             output_attentions=output_attentions,
