@@ -157,7 +157,6 @@ def test_onnx_logits_graphs_match_torch(tmp_path, tokenizer, head):
 
 # ------------------------------------------------------------------ doctor, model card
 
-@pytest.mark.slow  # doctor loads every head in a fresh process: 14-20 s of CPU
 def test_doctor_passes_on_a_saved_norbert4_folder(tmp_path, tokenizer, capsys):
     saved(tmp_path / "ckpt", random_model(Norbert4ForMaskedLM, tokenizer), tokenizer)
 
@@ -316,7 +315,7 @@ def test_every_peft_method_generates_with_cache_as_without_on_a_left_padded_batc
     config = adapter_config(model, method, num_virtual_tokens=4) if method != "lora" else adapter_config(model, method)
     peft_model = with_random_adapter(get_peft_model(model, config))
     if method == "lora":  # peft's default for the family (the config names none)
-        assert config.target_modules is None or config.target_modules == peft_model.peft_config["default"].target_modules
+        assert config.target_modules is None
         assert set(peft_model.peft_config["default"].target_modules) == {"qk_proj", "v_proj"}
     input_ids, attention_mask = left_padded_batch(tokenizer)
 
@@ -325,7 +324,8 @@ def test_every_peft_method_generates_with_cache_as_without_on_a_left_padded_batc
                        pad_token_id=tokenizer.pad_token_id)
         cached = peft_model.generate(input_ids=input_ids, **options)
         recomputed = peft_model.generate(input_ids=input_ids, use_cache=False, **options)
-        alone = peft_model.generate(input_ids=input_ids[:1, 3:], **{**options, "attention_mask": attention_mask[:1, 3:]})
+        alone = peft_model.generate(input_ids=input_ids[:1, 3:],
+                                    **{**options, "attention_mask": attention_mask[:1, 3:]})
         logits = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -7:]
         with peft_model.disable_adapter():
             base = peft_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -7:]
@@ -469,3 +469,27 @@ def test_the_masked_objective_takes_the_span_options():
                               "--max-span-length", "2"])
     assert pretrain.check_objective(args) == "masked"
     assert pretrain.check_objective(parser.parse_args(["pretrain", "--family", "norbert4"])) == "hybrid"
+
+
+# ------------------------------------------------------------------ benchmark
+
+@pytest.mark.slow  # a fresh process, two tiny models: 5 s on a quiet machine, 45 s on a loaded one
+def test_quick_benchmark_runs_and_its_release_reimplementation_agrees_with_the_family(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_norbert4.py"), "--quick",
+                             "--json", str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=600)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.split("bench_norbert4 results")[-1]
+    for row in ("forward (masked)", "training step (MLM, AdamW)", "decode b1, 16 new tokens",
+                "decode b1, 48 new tokens"):
+        assert f"| {row}" in table, table
+    rows = {row["row"].split(" B=")[0].split(" after")[0]: row
+            for row in json.loads((tmp_path / "rows.json").read_text())["rows"]}
+    assert float(rows["forward (masked)"]["agreement"].split()[-1]) < 1e-4
+    assert float(rows["training step (MLM, AdamW)"]["agreement"].split()[-1]) < 1e-4
+    assert all(rows[f"decode b1, {n} new tokens"]["agreement"] == "greedy tokens identical" for n in (16, 48))
