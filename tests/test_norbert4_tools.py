@@ -313,9 +313,9 @@ def test_every_peft_method_generates_with_cache_as_without_on_a_left_padded_batc
 
     model = random_model(Norbert4ForCausalLM, tokenizer, value_head_size=8)
     config = adapter_config(model, method, num_virtual_tokens=4) if method != "lora" else adapter_config(model, method)
+    assert method != "lora" or config.target_modules is None  # peft's default for the family
     peft_model = with_random_adapter(get_peft_model(model, config))
-    if method == "lora":  # peft's default for the family (the config names none)
-        assert config.target_modules is None
+    if method == "lora":
         assert set(peft_model.peft_config["default"].target_modules) == {"qk_proj", "v_proj"}
     input_ids, attention_mask = left_padded_batch(tokenizer)
 
