@@ -132,6 +132,32 @@ def test_onnx_greedy_decoding_with_cache_matches_torch_generate_across_the_windo
     assert_same_tokens_up_to_eos(alone, want[:1], model.config.eos_token_id)
 
 
+def test_onnx_runtime_genai_generates_torch_greedy_tokens_from_the_export(tmp_path, tokenizer):
+    og = pytest.importorskip("onnxruntime_genai")
+    from test_export_onnx import assert_same_tokens_up_to_eos, torch_greedy
+
+    from hf_ltg.hub.export_onnx import export_onnx
+
+    model = random_model(Norbert4ForCausalLM, tokenizer, value_head_size=8)  # one head width: GenAI can run it
+    export_onnx(saved(tmp_path / "ckpt", model, tokenizer), tmp_path / "onnx")
+    genai = json.loads((tmp_path / "onnx" / "genai_config.json").read_text())["model"]["decoder"]
+    assert genai["head_size"] == 8 and genai["num_hidden_layers"] == 4
+    prompt = torch.tensor([[tokenizer.cls_token_id, *tokenizer("the cat sat on the mat",
+                                                                add_special_tokens=False)["input_ids"]]])
+
+    genai_model = og.Model(str(tmp_path / "onnx"))
+    params = og.GeneratorParams(genai_model)
+    params.set_search_options(do_sample=False, max_length=prompt.shape[1] + 10)  # past both windows
+    generator = og.Generator(genai_model, params)
+    generator.append_tokens(prompt.numpy().astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    got = np.array(generator.get_sequence(0), dtype=np.int64)[None, prompt.shape[1]:]
+
+    want = torch_greedy(model, prompt, torch.ones_like(prompt), steps=10)
+    assert_same_tokens_up_to_eos(got, want, model.config.eos_token_id)
+
+
 @pytest.mark.parametrize("head", [Norbert4ForMaskedLM, Norbert4ForTokenClassification,
                                   Norbert4ForSequenceClassification], ids=lambda c: c.__name__)
 def test_onnx_logits_graphs_match_torch(tmp_path, tokenizer, head):
