@@ -253,7 +253,7 @@ class {prefix}ForMaskedLM({prefix}Model):
 
     def forward(self, input_ids=None, attention_mask=None, return_dict=None, **kwargs):
         subword_prediction = self.classifier(self.get_contextualized_embeddings(input_ids, attention_mask))
-        subword_prediction[:, :, :20+1] = float("-inf")
+        {suppression}
         return MaskedLMOutput(logits=subword_prediction)
 '''
 
@@ -338,7 +338,10 @@ KINDS = {
     "babylm-ltg-bert": ("Ltgbert", "configuration_ltgbert", "LtgbertConfig", "modeling_ltgbert", "wrapper"),
     "gpt-bert": ("Ltgbert", "configuration_ltgbert", "LtgbertConfig", "modeling_ltgbert", "wrapper"),
     "norbert3-unknown": ("Norbert", "configuration_norbert", "NorbertConfig", "modeling_norbert", "unknown"),
+    # the BNC LTG-BERT wrapper (ltg/bnc-bert-span*): heads first as the NorBERT3 Hub file, no -inf in its head
+    "bnc-bert-span": ("LtgBert", "configuration_ltgbert", "LtgBertConfig", "modeling_ltgbert", "hub"),
 }
+UNSUPPRESSED_KINDS = {"bnc-bert-span"}
 
 
 def release_sources(kind: str) -> tuple[str, str]:
@@ -355,7 +358,8 @@ def release_sources(kind: str) -> tuple[str, str]:
                       if gpt_bert else "context = self.post_layer_norm(self.out_proj(context))"),
     )
     modeling += GPT_BERT_MODELS if gpt_bert else LTG_BERT_MODELS.format(
-        prefix=prefix, config_class=config_class, base_prefix="norbert3" if prefix == "Norbert" else "ltgbert")
+        prefix=prefix, config_class=config_class, base_prefix="norbert3" if prefix == "Norbert" else "ltgbert",
+        suppression="" if kind in UNSUPPRESSED_KINDS else 'subword_prediction[:, :, :20+1] = float("-inf")')
     return configuration, modeling
 
 
@@ -500,7 +504,8 @@ print(json.dumps({"classes": classes, "top5": [a["token"] for a in answers],
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, weights", [("norbert3-hub", "safetensors"), ("norbert3-2023-03", "bin"),
-                                           ("babylm-ltg-bert", "bin"), ("gpt-bert", "safetensors")])
+                                           ("babylm-ltg-bert", "bin"), ("gpt-bert", "safetensors"),
+                                           ("bnc-bert-span", "bin")])
 def test_release_converts_with_no_flags_and_every_auto_class_matches_without_hf_ltg(tmp_path, capsys, kind, weights):
     models = make_release(tmp_path / f"release-{kind}", kind, weights)
     assert convert(tmp_path / f"release-{kind}", tmp_path / "out") == 0
@@ -530,7 +535,8 @@ def test_release_converts_with_no_flags_and_every_auto_class_matches_without_hf_
         reference_top5 = reference_text[mask_position - 1].topk(5).indices
     else:
         assert torch.equal(torch.isneginf(got["masked"][keep]), torch.isneginf(expected[keep]))
-        assert torch.isneginf(expected[keep][:, :SUPPRESSED]).all()  # the release's masking is there to match
+        # the release's masking is there to match (the BNC wrapper has none)
+        assert torch.isneginf(expected[keep][:, :SUPPRESSED]).all() == (kind not in UNSUPPRESSED_KINDS)
         finite = torch.isfinite(expected[keep])
         assert (got["masked"][keep][finite] - expected[keep][finite]).abs().max() < TOLERANCE
         reference_top5 = reference_text[mask_position].topk(5).indices
@@ -539,7 +545,7 @@ def test_release_converts_with_no_flags_and_every_auto_class_matches_without_hf_
 
 @pytest.mark.parametrize("kind, weights", [("norbert3-hub", "bin"), ("norbert3-2023-03", "safetensors"),
                                            ("babylm-ltg-bert", "safetensors"), ("gpt-bert", "bin"),
-                                           ("norbert3-hub", "sharded")])
+                                           ("norbert3-hub", "sharded"), ("bnc-bert-span", "safetensors")])
 def test_each_weights_format_converts_to_the_releases_logits(tmp_path, kind, weights):
     from hf_ltg.ltg_bert import LtgBertForCausalLM, LtgBertForMaskedLM
 

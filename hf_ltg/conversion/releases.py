@@ -345,10 +345,12 @@ KINDS = [
         lambda r: r.has_module("modeling_norbert") or any(c.startswith("Norbert") for c in r.classes),
         _convert_ltg_bert_release("NorBERT3")),
     ReleaseKind(
-        "LTG-BERT (BabyLM)", "ltg/ltg-bert-babylm, babylm/ltgbert-*", "modeling_ltgbert.py (LtgbertForMaskedLM)",
-        "`ltg_bert`; layout from the code (halves first = babylm); special ids masked as released",
+        "LTG-BERT (BabyLM, BNC)", "ltg/ltg-bert-babylm, babylm/ltgbert-*, ltg/bnc-bert-span*",
+        "modeling_ltgbert.py (LtgbertForMaskedLM, LtgBertForMaskedLM)",
+        "`ltg_bert`; layout from the code (BabyLM wrapper: halves first = babylm; BNC wrapper: heads first = bnc); "
+        "special ids masked as released (the BNC wrapper masks none)",
         lambda r: r.has_module("modeling_ltgbert") or any(c.startswith("Ltgbert") for c in r.classes),
-        _convert_ltg_bert_release("LTG-BERT (BabyLM)")),
+        _convert_ltg_bert_release("LTG-BERT (BabyLM, BNC)")),
 ]
 
 
