@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_directory
 from ..norbert4 import (
     Norbert4Config,
     Norbert4ForMaskedLM,
@@ -149,37 +148,20 @@ def norbert4_model(tensors: dict, release_config: dict, token_ids: dict | None =
 
 def convert_norbert4_release(release, out, options) -> Path:
     """`hf-ltg convert` of a NorBERT4 release folder (a `conversion.releases.Release`)."""
-    from .releases import _token_ids, read_tokenizer, read_weights
+    from .releases import _token_ids, checked, read_tokenizer, read_weights
 
     tensors, weights_name = read_weights(release.folder)
     tokenizer = read_tokenizer(release.folder)
     model, dropped = norbert4_model(tensors, release.config, _token_ids(tokenizer), release.folder / weights_name)
-    if dropped:
-        options.notes.append(f"dropped config fields hf_ltg does not read: {', '.join(dropped)}")
-    if tokenizer is None:
-        options.notes.append(f"{release.folder} has no tokenizer.json: converted weights and config only; copy the "
-                             f"release's tokenizer files into the output before use")
-    check = "not run (convert with --verify to compare with the release's own code)"
-    if options.verify:
-        figure = verify_norbert4(release.folder, release.config, tensors, model)
-        options.notes.append(f"--verify: largest logit difference from the release's code {figure:.2e} (limit 1e-4)")
-        if not figure <= 1e-4:
-            raise ValueError(f"--verify: the converted model's logits differ from the release's own code by "
-                             f"{figure:.3g} > 1e-4; OUT was not written.")
-        check = f"`hf-ltg convert --verify`: largest logit difference from the release's own code {figure:.2e}"
-    write_folder(model, tokenizer, out, release.folder.name, check)
-    return Path(out)
+    check = checked(release, tokenizer, dropped, options,
+                    lambda: verify_norbert4(release.folder, release.config, tensors, model))
+    return write_folder(model, tokenizer, out, release.folder.name, check)
 
 
 def write_folder(model, tokenizer, out, source_name: str, check: str) -> Path:
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            from ..tokenization import save_tokenizer
+    from .releases import write_converted
 
-            save_tokenizer(tokenizer, tmp, model.config)
-        (tmp / "README.md").write_text(model_card(model.config, source_name, Path(out).name, check))
-    return Path(out)
+    return write_converted(model, tokenizer, out, model_card(model.config, source_name, Path(out).name, check))
 
 
 def verify_norbert4(folder: Path, release_config: dict, tensors: dict, model) -> float:

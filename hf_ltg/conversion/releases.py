@@ -386,30 +386,42 @@ def convert_release(src, out, layout: str | None = None, verify: bool = False, c
 
 def _finish(release: Release, kind_name: str, model, tokenizer, dropped, out, options: Options, revision: str,
             gpt_bert: bool = False) -> Path:
+    check = checked(release, tokenizer, dropped, options, lambda: verify(release, model, gpt_bert))
+    card = model_card(release, kind_name, model.config, revision, check, gpt_bert, tokenizer is not None, Path(out).name)
+    return write_converted(model, tokenizer, out, card)
+
+
+def checked(release: Release, tokenizer, dropped, options: Options, verify_logits) -> str:
+    """What every release kind says after building its model: dropped fields, a missing tokenizer and, with
+    `--verify`, `verify_logits()` (refusing above `VERIFY_TOLERANCE`, before OUT exists). Returns the model
+    card's line about the check."""
     if dropped:
         options.notes.append(f"dropped config fields hf_ltg does not read: {', '.join(dropped)}")
     if tokenizer is None:
         options.notes.append(f"{release.folder} has no tokenizer.json: converted weights and config only; copy the "
                              f"release's tokenizer files into the output before use")
-    check = "not run (convert with --verify to compare with the release's own code)"
-    if options.verify:
-        figure = verify(release, model, gpt_bert)
-        options.notes.append(f"--verify: largest logit difference from {release.modeling_file.name} "
-                             f"{figure:.2e} (limit {VERIFY_TOLERANCE:g})")
-        if not figure <= VERIFY_TOLERANCE:
-            raise ValueError(
-                f"--verify: the converted model's logits differ from the release's own code ({release.modeling_file.name}) "
-                f"by {figure:.3g} > {VERIFY_TOLERANCE:g}; OUT was not written. A --layout or --config override that "
-                f"does not fit the release does this; drop it.")
-        check = f"`hf-ltg convert --verify`: largest logit difference from the release's own code {figure:.2e}"
+    if not options.verify:
+        return "not run (convert with --verify to compare with the release's own code)"
+    figure = verify_logits()
+    source = release.modeling_file.name if release.modeling_file is not None else "the release's code"
+    options.notes.append(f"--verify: largest logit difference from {source} {figure:.2e} (limit {VERIFY_TOLERANCE:g})")
+    if not figure <= VERIFY_TOLERANCE:
+        raise ValueError(
+            f"--verify: the converted model's logits differ from the release's own code ({source}) "
+            f"by {figure:.3g} > {VERIFY_TOLERANCE:g}; OUT was not written. A --layout or --config override that "
+            f"does not fit the release does this; drop it.")
+    return f"`hf-ltg convert --verify`: largest logit difference from the release's own code {figure:.2e}"
+
+
+def write_converted(model, tokenizer, out, card: str) -> Path:
+    """The converted folder, written atomically: weights, config and code, the tokenizer if any, the card."""
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             from ..tokenization import save_tokenizer
 
             save_tokenizer(tokenizer, tmp, model.config)
-        (tmp / "README.md").write_text(model_card(release, kind_name, model.config, revision, check, gpt_bert,
-                                                  tokenizer is not None, Path(out).name))
+        (tmp / "README.md").write_text(card)
     return Path(out)
 
 
