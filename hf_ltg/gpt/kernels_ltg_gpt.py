@@ -239,10 +239,10 @@ def attention_in_fp32(query: torch.Tensor) -> bool:
     if emulated_16bit_autocast("cpu"):
         return True
     return (
-        query.dtype in (torch.bfloat16, torch.float16)
+        not plain_ops_required()
+        and query.dtype in (torch.bfloat16, torch.float16)
         and query.shape[-2] == 1
         and not (torch.is_grad_enabled() and query.requires_grad)
-        and not plain_ops_required()
     )
 
 
@@ -326,6 +326,8 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     CPU keeps oneDNN's frozen-weight products (with `F.linear` instead, LoRA steps on GPT-2 small ran
     1.3-2.5x slower, one thread of a shared 2-core machine).
     """
+    if type(module) is nn.Linear and not _hooked(module) and not plain_ops_required():
+        return _fast_linear(module, x)
     if plain_ops_required():
         return module(x)
     if type(module) is not nn.Linear:
@@ -369,7 +371,10 @@ def _fast_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     try:
         if not needs_grad and dtype != torch.float32 and x.numel() == weight.shape[1] and module not in _PACKED_WEIGHTS:
             if aten_one_row_linear_works(dtype):
-                return _aten_one_row_linear(x, weight, bias)
+                try:
+                    return _aten_one_row_linear(x, weight, bias)
+                except RuntimeError:  # this path off from now on; oneDNN's below still stands
+                    _disable("aten_one_row", dtype)
         if not needs_grad and onednn_linear_works(dtype):
             if module in _PACKED_WEIGHTS and onednn_packing_works(dtype):
                 weight = _packed(module, weight)
@@ -388,9 +393,10 @@ def _fast_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def _hooked(module: nn.Module) -> bool:
     """Whether calling `module` would run more than its forward: hooks (llm-compressor's calibration,
     accelerate's offloading), a forward replaced on the instance, or global module hooks."""
+    state = module.__dict__
     return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None) or "forward" in module.__dict__
+        state.get("_forward_hooks") or state.get("_forward_pre_hooks") or state.get("_backward_hooks")
+        or state.get("_backward_pre_hooks") or "forward" in state
         or any(getattr(_TORCH_MODULE, name, None) for name in _GLOBAL_HOOKS)
     )
 

@@ -395,6 +395,9 @@ class LtgGptModel(LtgGptPreTrainedModel):
             hidden_states = hidden_states + self.wte(token_type_ids.view(-1, length))
         hidden_states = self.drop(hidden_states)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
+        if past_key_values is not None and kwargs.get("cache_position") is None:
+            # generate passes no positions from 5.24 on; the attention cuts a static cache after the last one
+            kwargs["cache_position"] = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
         if MASK_TAKES_CACHE_POSITION:
             cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
             causal_mask = create_causal_mask(
