@@ -49,25 +49,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# OpenMP threads that wait by spinning between the many small ops of a decoding step: torch's
-# batch-1 decoding is 5-12% faster with OMP_WAIT_POLICY=ACTIVE than with libgomp's default (spin a
-# while, then sleep), and llama.cpp and ONNX Runtime spin in their own thread pools by default. Read
-# when OpenMP loads (with torch), so set here, before the import; `--omp-wait-policy default` keeps
-# the library's default.
-_WAIT_POLICY_FLAG = "--omp-wait-policy"
-if __name__ == "__main__" and "OMP_WAIT_POLICY" not in os.environ:
-    _policy = "ACTIVE"
-    for _i, _arg in enumerate(sys.argv):
-        if _arg == _WAIT_POLICY_FLAG and _i + 1 < len(sys.argv):
-            _policy = sys.argv[_i + 1]
-        elif _arg.startswith(_WAIT_POLICY_FLAG + "="):
-            _policy = _arg.split("=", 1)[1]
-    if _policy.upper() != "DEFAULT":
-        os.environ["OMP_WAIT_POLICY"] = _policy.upper()
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import numpy as np
+import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_gpt, beside this file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -357,10 +341,6 @@ def main(argv=None):
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time instead of the wall clock (with --threads 1 only): an "
                              "indication on a busy machine, where waiting for a core would count; not a wall-clock figure")
-    parser.add_argument(_WAIT_POLICY_FLAG, default="ACTIVE", choices=["ACTIVE", "PASSIVE", "default"],
-                        help="OMP_WAIT_POLICY for this process, set before torch loads OpenMP (default ACTIVE: "
-                             "waiting threads spin, as llama.cpp's and ONNX Runtime's do; an OMP_WAIT_POLICY "
-                             "already in the environment wins)")
     args = parser.parse_args(argv)
     if args.cpu_time and args.threads != 1:
         parser.error(f"--cpu-time counts the CPU time of every thread, so it needs --threads 1 (got {args.threads})")
@@ -379,7 +359,7 @@ def main(argv=None):
 
     print(f"bench_decode: size {args.size}, threads {args.threads}, prompt {args.prompt} + {args.new_tokens} new "
           f"tokens, long context {args.long_context}, rounds {args.rounds} (long {args.long_rounds}), "
-          f"load average {load_average()}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'not set')}", flush=True)
+          f"load average {load_average()}", flush=True)
     print(cpu_description(), flush=True)
     from hf_ltg.gpt import weight_only_ltg_gpt as weight_only
 

@@ -7,7 +7,6 @@ Each command module defines `add_parser(subparsers)`, which registers its parser
 
 import argparse
 import importlib
-import os
 import sys
 
 # Order is the order shown in `hf-ltg --help`.
@@ -71,11 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command == "generate" and "torch" not in sys.modules:
-        # decoding runs many small ops between the matrix products: OpenMP threads that keep spinning
-        # between them (as llama.cpp's and ONNX Runtime's do) decode 5-12% faster on CPU than libgomp's
-        # default spin-then-sleep. Read when torch loads OpenMP, so only before that; a user's setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
     import hf_ltg
 
     hf_ltg.load()  # deferred by the console script (hf_ltg_cli) so that --help is quick

@@ -566,27 +566,3 @@ def test_bf16_decode_step_attention_weights_are_bf16_rows_summing_to_one(attenti
         _, want = float64_attention(query, keys[:, :position], values[:, :position], model.config.num_attention_heads)
         torch.testing.assert_close(weights[..., :position].double(), want, atol=2e-3, rtol=2**-7)
         assert not weights[..., position:].any()  # a static cache's unwritten tail, where not cut off
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. OpenMP threads that spin while `hf-ltg generate` decodes
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("command, preset, want", [
-    ("generate", None, "ACTIVE"),  # set before torch loads OpenMP
-    ("generate", "PASSIVE", "PASSIVE"),  # the user's setting wins
-    ("perplexity", None, None),  # only decoding changes it
-])
-def test_hf_ltg_generate_lets_openmp_threads_spin(command, preset, want, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
-    script = (
-        "import os, sys, hf_ltg_cli\n"
-        f"code = hf_ltg_cli.main([{command!r}, *([{str(tmp_path / 'text.txt')!r}] if {command!r} == 'perplexity' else []),"
-        f" '--model', {str(tmp_path / 'missing')!r}])\n"
-        "print('torch loaded' if 'torch' in sys.modules else 'no torch', os.environ.get('OMP_WAIT_POLICY'), code)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert result.stdout.split()[-2:] == [str(want), "2"], result.stdout + result.stderr
