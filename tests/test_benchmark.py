@@ -19,3 +19,13 @@ def test_quick_benchmark_runs_and_prints_the_table():
                 "train step peak memory fp32"):
         assert f"| {row} " in table, f"row {row!r} missing from the table:\n{result.stdout}"
     assert "ours/hf best" in table
+
+
+def test_alternated_training_harness_runs_with_a_probe_switched_off():
+    script = BENCHMARK.parent / "train_alternated.py"
+    result = subprocess.run([sys.executable, str(script), "--tiny", "--steps", "1", "--mask", "--dtypes", "fp32",
+                             "--off", "onednn_training_linear"], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "probes off: onednn_training_linear" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if "ratio" in line]
+    assert [line.split(":")[0] for line in lines] == ["fp32", "fp32 masked"], result.stdout

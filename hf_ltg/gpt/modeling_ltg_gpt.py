@@ -281,9 +281,10 @@ class LtgGptPreTrainedModel(PreTrainedModel):
         """Keep oneDNN-reordered copies of the linear weights for CPU inference, or free them.
 
         bf16 decoding on CPU reads every weight once per token, and oneDNN reorders a plain bf16
-        weight on each call; with packed copies, batch-1 bf16 `generate` is about 1.5x faster on
-        CPUs with native bf16 (fp32 gains little; where the probe finds no working oneDNN path,
-        nothing changes). The price is a second copy of the linear weights (and of the tied
+        weight on each call. One row (batch-1 decoding) avoids that without copies (ATen's
+        matrix-vector product, see `kernels_ltg_gpt.aten_one_row_linear_works`); for several rows
+        (batched decoding) packed copies make bf16 `generate` about 1.3x faster on CPUs with native
+        bf16 (fp32 gains little; where the probe finds no working oneDNN path, nothing changes). The price is a second copy of the linear weights (and of the tied
         embedding) in memory while enabled. Copies are made on first use and remade when a weight
         changes; training, autocast and compiled graphs never use them. Returns the model.
         """
