@@ -182,17 +182,19 @@ class _WeightOnlyLinear(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape, dtype = hidden_states.shape, hidden_states.dtype
         x = hidden_states.reshape(-1, self.in_features)
-        out = None
+        bias = None if self.bias is None else self.bias.to(dtype)
         if _use_packed_kernel(x, x.shape[0]) and self._packed_kernel_works():
             try:
-                out = self._packed_product(_aligned(x.to(torch.bfloat16))).to(dtype)
+                # a converted copy is new, so aligned (torch's CPU allocator aligns to 64 bytes)
+                out = self._packed_product(x.to(torch.bfloat16) if dtype != torch.bfloat16 else _aligned(x))
             except RuntimeError:  # a shape or build the probe did not meet: plain op from now on
                 self._disable_packed_kernel()
-        if out is None:
-            out = F.linear(x, self.dequantized_weight(dtype))
-        if self.bias is not None:
-            out = out + self.bias.to(dtype)
-        return out.reshape(*shape[:-1], self.out_features)
+            else:
+                out = out.to(dtype)  # new unless already bf16: fresh from the kernel either way
+                if bias is not None:
+                    out.add_(bias)
+                return out.reshape(*shape[:-1], self.out_features)
+        return F.linear(x, self.dequantized_weight(dtype), bias).reshape(*shape[:-1], self.out_features)
 
 
 class LtgGptInt8WeightOnlyLinear(_WeightOnlyLinear):
@@ -207,7 +209,7 @@ class LtgGptInt8WeightOnlyLinear(_WeightOnlyLinear):
         super().__init__(in_features, out_features, bias, device, dtype)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self._kernel_weight = None  # (key, the weight or its aligned copy)
+        self._kernel_weight = None  # (key, the weight or its aligned copy, the bf16 scales)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear):
@@ -231,10 +233,10 @@ class LtgGptInt8WeightOnlyLinear(_WeightOnlyLinear):
         _disable("weight_int8pack_mm", torch.bfloat16)
 
     def _packed_product(self, x):
-        key = (self.weight.data_ptr(), self.weight._version)
+        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.weight_scale))
         if self._kernel_weight is None or self._kernel_weight[0] != key:
-            self._kernel_weight = (key, _aligned(self.weight))
-        return _INT8PACK(x, self._kernel_weight[1], _aligned(self.weight_scale.to(torch.bfloat16)))
+            self._kernel_weight = (key, _aligned(self.weight), self.weight_scale.to(torch.bfloat16).contiguous().clone())
+        return _INT8PACK(x, self._kernel_weight[1], self._kernel_weight[2])
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -62,10 +62,30 @@ def _close(got, want, dtype) -> bool:
     return got.shape == want.shape and torch.allclose(got.float(), want.float(), atol=tolerance, rtol=tolerance)
 
 
+def _onnx_exporting_flags():
+    """A function telling whether an ONNX export is running, reading the exporters' flags directly
+    (`torch.onnx.is_in_onnx_export` imports its modules on every call: a microsecond per linear
+    layer while decoding); that function itself where the flags are not where torch 2.13 keeps them."""
+    try:
+        from torch.onnx._internal.exporter import _flags
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return torch.onnx.is_in_onnx_export
+    if not (hasattr(GLOBALS, "in_onnx_export") and hasattr(_flags, "_is_onnx_exporting")):
+        return torch.onnx.is_in_onnx_export
+    return lambda: GLOBALS.in_onnx_export or _flags._is_onnx_exporting
+
+
+_READ_ONNX_FLAGS = _onnx_exporting_flags()
+
+
+def _onnx_exporting() -> bool:
+    # torch.compile traces torch.onnx.is_in_onnx_export but not the flags' own module
+    return torch.onnx.is_in_onnx_export() if torch.compiler.is_compiling() else _READ_ONNX_FLAGS()
+
+
 def _tracing_or_exporting() -> bool:
-    return (
-        torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _FX_SYMBOLIC_TRACING()
-    )
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or _onnx_exporting() or _FX_SYMBOLIC_TRACING()
 
 
 # torch.fx's symbolic tracing (transformers' and llm-compressor's tracers): the inputs are proxies
@@ -147,6 +167,47 @@ def onednn_packing_works(dtype: torch.dtype) -> bool:
     return _ONEDNN_PACK is not None and onednn_linear_works(dtype) and _probe("onednn_pack", dtype, _check_onednn_pack)
 
 
+# ATen's own matrix-vector product, which `F.linear` reaches for one 16-bit row when oneDNN is off:
+# it reads a plain weight as it lies, where oneDNN first reorders it on every call.
+_GET_ONEDNN_ENABLED = getattr(torch._C, "_get_mkldnn_enabled", None)
+_SET_ONEDNN_ENABLED = getattr(torch._C, "_set_mkldnn_enabled", None)
+
+
+def _aten_one_row_linear(x, weight, bias):
+    """`F.linear` with oneDNN switched off for the call. The switch is process-wide: another thread
+    multiplying at that moment also skips oneDNN (same result up to summation order, maybe slower)."""
+    previous = _GET_ONEDNN_ENABLED()
+    _SET_ONEDNN_ENABLED(False)
+    try:
+        return F.linear(x, weight, bias)
+    finally:
+        _SET_ONEDNN_ENABLED(previous)
+
+
+def _check_aten_one_row(dtype) -> bool:
+    x, w, b = _probe_operands(dtype)
+    want = F.linear(x[:1].float(), w.float(), b.float())
+    return (
+        _close(_aten_one_row_linear(x[:1], w, b), want, dtype)
+        and _close(_aten_one_row_linear(x[:1].reshape(1, 1, -1), w, None)[0], want - b.float(), dtype)
+        and torch.backends.mkldnn.enabled == _GET_ONEDNN_ENABLED()
+    )
+
+
+def aten_one_row_linear_works(dtype: torch.dtype) -> bool:
+    """For one bf16 row (batch-1 decoding), ATen's matrix-vector product on the plain weight: 1.6-1.8x
+    oneDNN's, which reorders the weight on every call (GPT-2 small's layers on an AVX-512 + BF16 EPYC,
+    2 threads: 43-51 GB/s against 21-29; with 8 rows ATen's is 4x slower, so one row only). Taken
+    where the CPU has native bf16 products and the probe agrees with the plain op."""
+    return (
+        dtype == torch.bfloat16
+        and _SET_ONEDNN_ENABLED is not None
+        and _GET_ONEDNN_ENABLED is not None
+        and native_16bit_matmul(dtype)
+        and _probe("aten_one_row", dtype, _check_aten_one_row)
+    )
+
+
 def _check_native_bf16_matmul(dtype) -> bool:
     """Whether 16-bit products run natively: oneDNN's bf16 inner product exists only where the CPU
     has bf16 (or bf16-convert) instructions; without them ATen emulates 16-bit matrix products,
@@ -165,6 +226,24 @@ def emulated_16bit_autocast(device_type: str) -> bool:
         return False
     dtype = torch.get_autocast_dtype("cpu")
     return dtype != torch.float32 and not native_16bit_matmul(dtype)
+
+
+def attention_in_fp32(query: torch.Tensor) -> bool:
+    """Whether attention should run on fp32 copies of 16-bit queries, keys and values: under
+    autocast on a CPU that emulates 16-bit products, and for one decoded token per row on any CPU
+    (inference). CPU SDPA on one bf16 query row costs its fixed setup per head: 2.7-4x the same call
+    on fp32 copies, conversions included (12 heads of 64, 32-1,024 keys, AVX-512 + BF16 EPYC), and
+    fp32 is the more accurate of the two. The result is rounded back to the 16-bit dtype."""
+    if query.device.type != "cpu":
+        return False
+    if emulated_16bit_autocast("cpu"):
+        return True
+    return (
+        not plain_ops_required()
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and query.shape[-2] == 1
+        and not (torch.is_grad_enabled() and query.requires_grad)
+    )
 
 
 class _OneDnnLinearFunction(torch.autograd.Function):
@@ -233,6 +312,8 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     - fp32 and bf16 on CPU, where oneDNN's linear passed its probe: oneDNN for inference (MKL,
       which `F.linear` calls for fp32, keeps few-row products such as decoding on one core) and,
       for fp32, for training too (forward and both gradients).
+    - one bf16 row without gradients (batch-1 decoding) where the CPU has native bf16 products:
+      ATen's matrix-vector product on the plain weight (`aten_one_row_linear_works`).
     - 16-bit products (bf16 weights, or autocast) on a CPU that emulates them: the products in fp32
       on the same 16-bit operands, rounded once (5x faster there; same numbers up to summation order).
     - Everywhere else (CUDA, other dtypes, tensor-subclass weights such as torchao's, torch.func
@@ -245,6 +326,8 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     CPU keeps oneDNN's frozen-weight products (with `F.linear` instead, LoRA steps on GPT-2 small ran
     1.3-2.5x slower, one thread of a shared 2-core machine).
     """
+    if type(module) is nn.Linear and not _hooked(module) and not plain_ops_required():
+        return _fast_linear(module, x)
     if plain_ops_required():
         return module(x)
     if type(module) is not nn.Linear:
@@ -286,6 +369,12 @@ def _fast_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
     try:
+        if not needs_grad and dtype != torch.float32 and x.numel() == weight.shape[1] and module not in _PACKED_WEIGHTS:
+            if aten_one_row_linear_works(dtype):
+                try:
+                    return _aten_one_row_linear(x, weight, bias)
+                except RuntimeError:  # this path off from now on; oneDNN's below still stands
+                    _disable("aten_one_row", dtype)
         if not needs_grad and onednn_linear_works(dtype):
             if module in _PACKED_WEIGHTS and onednn_packing_works(dtype):
                 weight = _packed(module, weight)
@@ -304,9 +393,10 @@ def _fast_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def _hooked(module: nn.Module) -> bool:
     """Whether calling `module` would run more than its forward: hooks (llm-compressor's calibration,
     accelerate's offloading), a forward replaced on the instance, or global module hooks."""
+    state = module.__dict__
     return bool(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-        or getattr(module, "_backward_pre_hooks", None) or "forward" in module.__dict__
+        state.get("_forward_hooks") or state.get("_forward_pre_hooks") or state.get("_backward_hooks")
+        or state.get("_backward_pre_hooks") or "forward" in state
         or any(getattr(_TORCH_MODULE, name, None) for name in _GLOBAL_HOOKS)
     )
 

@@ -40,11 +40,12 @@ from .configuration_ltg_gpt import LtgGptConfig
 from .int8_ltg_gpt import quantize_linear_layers_
 from .kernels_ltg_gpt import (
     Dropout,
+    attention_in_fp32,
     chunked_causal_lm_loss,
-    emulated_16bit_autocast,
     fast_dropout,
     linear,
     pack_cpu_weights,
+    plain_ops_required,
 )
 
 # int8_ltg_gpt's own sibling, imported here too: transformers 4.x and 5.0 copy only the model file's
@@ -149,6 +150,23 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return output, weights
 
 
+def filled_part(key, value, attention_mask, cache_position):
+    """The keys and values up to the last position written, with the mask's matching columns.
+
+    A static cache is as long as the longest generation; attending over its unwritten tail costs
+    time (the mask zeroes its weights). A query at position p sees positions <= p only, so cutting
+    the cache after the newest position leaves every output as it was. Other caches are returned
+    as they are; the mask is cut only when it is a tensor with one column per cached position."""
+    filled = int(cache_position[-1]) + 1
+    if key.shape[2] <= filled:
+        return key, value, attention_mask
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape[-1] != key.shape[2]:
+            return key, value, attention_mask
+        attention_mask = attention_mask[..., :filled]
+    return key[:, :, :filled], value[:, :, :filled], attention_mask
+
+
 class LtgGptAttention(nn.Module):
     """Causal multi-head self-attention with a fused q/k/v projection."""
 
@@ -177,6 +195,8 @@ class LtgGptAttention(nn.Module):
             position = kwargs.get("cache_position")
             cache_kwargs = {"cache_position": position} if position is not None else None
             key, value = past_key_values.update(key, value, self.layer_idx, cache_kwargs)  # (B, nh, S, hs)
+            if position is not None and query.device.type == "cpu" and not plain_ops_required():
+                key, value, attention_mask = filled_part(key, value, attention_mask, position)
 
         attention_dropout = self.config.attention_dropout if self.training else 0.0
         attention_interface = eager_attention_forward
@@ -190,14 +210,18 @@ class LtgGptAttention(nn.Module):
                 )
             else:  # older releases (4.x, 5.0): a plain mapping
                 attention_interface = ALL_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, eager_attention_forward)
-        if emulated_16bit_autocast(query.device.type):
-            # a CPU that emulates 16-bit products: the same products in fp32 on the 16-bit q, k, v
+        if attention_in_fp32(query):
+            # a CPU that emulates 16-bit products, or one decoded 16-bit token on CPU: the same
+            # products in fp32 on the 16-bit q, k, v (see attention_in_fp32)
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.is_floating_point():
+                attention_mask = attention_mask.float()
             with torch.autocast("cpu", enabled=False):
                 output, weights = attention_interface(
                     self, query.float(), key.float(), value.float(), attention_mask,
                     dropout=attention_dropout, scaling=self.scaling, **kwargs,
                 )
             output = output.to(query.dtype)
+            weights = weights.to(query.dtype) if weights is not None else None
         else:
             output, weights = attention_interface(
                 self, query, key, value, attention_mask, dropout=attention_dropout, scaling=self.scaling, **kwargs
@@ -257,9 +281,10 @@ class LtgGptPreTrainedModel(PreTrainedModel):
         """Keep oneDNN-reordered copies of the linear weights for CPU inference, or free them.
 
         bf16 decoding on CPU reads every weight once per token, and oneDNN reorders a plain bf16
-        weight on each call; with packed copies, batch-1 bf16 `generate` is about 1.5x faster on
-        CPUs with native bf16 (fp32 gains little; where the probe finds no working oneDNN path,
-        nothing changes). The price is a second copy of the linear weights (and of the tied
+        weight on each call. One row (batch-1 decoding) avoids that without copies (ATen's
+        matrix-vector product, see `kernels_ltg_gpt.aten_one_row_linear_works`); for several rows
+        (batched decoding) packed copies make bf16 `generate` about 1.3x faster on CPUs with native
+        bf16 (fp32 gains little; where the probe finds no working oneDNN path, nothing changes). The price is a second copy of the linear weights (and of the tied
         embedding) in memory while enabled. Copies are made on first use and remade when a weight
         changes; training, autocast and compiled graphs never use them. Returns the model.
         """
@@ -371,6 +396,9 @@ class LtgGptModel(LtgGptPreTrainedModel):
             hidden_states = hidden_states + self.wte(token_type_ids.view(-1, length))
         hidden_states = self.drop(hidden_states)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
+        if past_key_values is not None and kwargs.get("cache_position") is None:
+            # generate passes no positions from 5.24 on; the attention cuts a static cache after the last one
+            kwargs["cache_position"] = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
         if MASK_TAKES_CACHE_POSITION:
             cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
             causal_mask = create_causal_mask(
