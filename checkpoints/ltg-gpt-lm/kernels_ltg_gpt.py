@@ -326,24 +326,20 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     CPU keeps oneDNN's frozen-weight products (with `F.linear` instead, LoRA steps on GPT-2 small ran
     1.3-2.5x slower, one thread of a shared 2-core machine).
     """
-    if type(module) is nn.Linear and not _hooked(module) and not plain_ops_required():
-        return _fast_linear(module, x)
     if plain_ops_required():
         return module(x)
-    if type(module) is not nn.Linear:
-        base = getattr(module, "base_layer", None)
-        if type(base) is not nn.Linear or _hooked(base):
-            return module(x)
-        # for this call only: a forward kept on the instance would follow copies (DataParallel's
-        # replicas share the instance dict) and break pickling
-        base.forward = functools.partial(_fast_linear, base)
-        try:
-            return module(x)
-        finally:
-            del base.forward
-    if _hooked(module):
+    if type(module) is nn.Linear:
+        return module(x) if _hooked(module) else _fast_linear(module, x)
+    base = getattr(module, "base_layer", None)
+    if type(base) is not nn.Linear or _hooked(base):
         return module(x)
-    return _fast_linear(module, x)
+    # for this call only: a forward kept on the instance would follow copies (DataParallel's
+    # replicas share the instance dict) and break pickling
+    base.forward = functools.partial(_fast_linear, base)
+    try:
+        return module(x)
+    finally:
+        del base.forward
 
 
 def _fast_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:

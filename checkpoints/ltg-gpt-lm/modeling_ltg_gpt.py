@@ -284,8 +284,9 @@ class LtgGptPreTrainedModel(PreTrainedModel):
         weight on each call. One row (batch-1 decoding) avoids that without copies (ATen's
         matrix-vector product, see `kernels_ltg_gpt.aten_one_row_linear_works`); for several rows
         (batched decoding) packed copies make bf16 `generate` about 1.3x faster on CPUs with native
-        bf16 (fp32 gains little; where the probe finds no working oneDNN path, nothing changes). The price is a second copy of the linear weights (and of the tied
-        embedding) in memory while enabled. Copies are made on first use and remade when a weight
+        bf16 (fp32 gains little; where the probe finds no working oneDNN path, nothing changes).
+        The price is a second copy of the linear weights (and of the tied embedding) in memory while
+        enabled. Copies are made on first use and remade when a weight
         changes; training, autocast and compiled graphs never use them. Returns the model.
         """
         pack_cpu_weights(self, enabled)
@@ -396,11 +397,11 @@ class LtgGptModel(LtgGptPreTrainedModel):
             hidden_states = hidden_states + self.wte(token_type_ids.view(-1, length))
         hidden_states = self.drop(hidden_states)
         # the cache goes by position: its keyword is `past_key_values` before transformers 5.24, `cache` after
+        cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
         if past_key_values is not None and kwargs.get("cache_position") is None:
             # generate passes no positions from 5.24 on; the attention cuts a static cache after the last one
-            kwargs["cache_position"] = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
+            kwargs["cache_position"] = cache_position
         if MASK_TAKES_CACHE_POSITION:
-            cache_position = torch.arange(past_length, past_length + length, device=inputs_embeds.device)
             causal_mask = create_causal_mask(
                 self.config, inputs_embeds, attention_mask, cache_position, past_key_values, position_ids
             )

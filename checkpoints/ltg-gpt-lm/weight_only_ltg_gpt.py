@@ -235,7 +235,7 @@ class LtgGptInt8WeightOnlyLinear(_WeightOnlyLinear):
     def _packed_product(self, x):
         key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.weight_scale))
         if self._kernel_weight is None or self._kernel_weight[0] != key:
-            self._kernel_weight = (key, _aligned(self.weight), self.weight_scale.to(torch.bfloat16).contiguous().clone())
+            self._kernel_weight = (key, _aligned(self.weight), _aligned(self.weight_scale.to(torch.bfloat16)))
         return _INT8PACK(x, self._kernel_weight[1], self._kernel_weight[2])
 
     def extra_repr(self):
